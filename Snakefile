@@ -1,0 +1,33 @@
+"""bandersnake: raw nights -> calibrations -> centroids -> multi-aperture photometry.
+
+Build a night:        snakemake --cores 16 results/SPIRIT2_20251215/
+Build every night:    snakemake --cores 16
+Any product by path:  snakemake --cores 4 work/SPIRIT2_20251215/calib/master_flat_zYJ.fits
+"""
+
+import os
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+validate(config, os.path.join(workflow.basedir, "config", "schemas", "config.schema.yaml"))
+
+
+include: "rules/common.smk"
+include: "rules/simulate.smk"
+include: "rules/inventory.smk"
+include: "rules/calibration.smk"
+include: "rules/photometry.smk"
+include: "rules/publish.smk"
+
+
+rule all:
+    """Every night (listed in config, or discovered under raw_root) published in results/."""
+    input:
+        expand(f"{RESULTS}/{{night}}", night=all_nights()),
+    default_target: True

@@ -1,0 +1,238 @@
+"""Shared configuration, path helpers and input functions."""
+
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+# Jobs import the package from the source tree, also on cluster nodes and in conda envs.
+PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
+sys.path.insert(0, PACKAGE_DIR)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH", "")) if p
+)
+
+from bandersnake import config as bconfig
+from bandersnake.errors import ConfigError
+from bandersnake.inventory import list_files, raw_files, read_inventory
+
+
+
+def _shipped(key):
+    """A relative config path missing from the working directory is taken from the workflow's own
+    directory, so runs from another directory (``snakemake -d``) still find the shipped files."""
+    path = Path(config[key])
+    if not path.is_absolute() and not path.exists():
+        shipped = Path(workflow.basedir) / path
+        if shipped.exists():
+            config[key] = str(shipped)
+
+
+for _key in ("instruments_dir", "nights_dir", "targets_file", "master_flats_file"):
+    _shipped(_key)
+
+WORK = config["work_dir"].rstrip("/")
+RESULTS = config["results_dir"].rstrip("/")
+NIGHT_RE = r"[A-Za-z0-9-]+_[0-9]{8}"
+NAME_RE = r"[A-Za-z0-9+._-]+"
+
+wildcard_constraints:
+    night=NIGHT_RE,
+    target=NAME_RE,
+    filter=NAME_RE,
+    aper=r"[0-9]+",
+
+
+def work(path):
+    """Path in the work tree, where every product is built and can be requested."""
+    return f"{WORK}/{path}"
+
+
+def logs(path):
+    """Log file of a job, kept in the night's work tree and published with it."""
+    return f"{WORK}/{path}"
+
+
+def bench(path):
+    """Benchmark (runtime, memory) file of a heavy job."""
+    return f"{WORK}/{path}"
+
+
+# ---------------------------------------------------------------- configuration
+try:
+    NIGHT_DEFAULTS = bconfig.validate(
+        config["night_defaults"], "night.schema.yaml", "config: night_defaults"
+    )
+except ConfigError as err:
+    raise WorkflowError(str(err))
+
+PHOT = NIGHT_DEFAULTS["photometry_settings"]
+# Output file names are fixed when the workflow is parsed, so the aperture range is workflow-wide.
+APERTURES = list(range(PHOT["aper_min"], PHOT["aper_max"] + 1))
+
+
+def instruments():
+    """Instrument names whose nights are discovered."""
+    if config["instruments"]:
+        return config["instruments"]
+    return sorted(p.stem for p in Path(config["instruments_dir"]).glob("*.yaml"))
+
+
+@lru_cache(maxsize=None)
+def instrument_cfg(night):
+    """Validated instrument dictionary of a night."""
+    inst, _ = bconfig.parse_night_id(night)
+    try:
+        return bconfig.load_instrument(config["instruments_dir"], inst)
+    except ConfigError as err:
+        raise WorkflowError(str(err))
+
+
+@lru_cache(maxsize=None)
+def night_cfg(night):
+    """Validated settings of a night (night_defaults + config/nights/ files)."""
+    try:
+        settings = bconfig.night_settings(
+            config["night_defaults"], config["nights_dir"], night
+        )
+    except ConfigError as err:
+        raise WorkflowError(str(err))
+    phot = settings["photometry_settings"]
+    if (phot["aper_min"], phot["aper_max"]) != (PHOT["aper_min"], PHOT["aper_max"]):
+        raise WorkflowError(
+            f"night {night}: aper_min/aper_max differ from night_defaults; the aperture "
+            "range names the output files, so set it in night_defaults (config.yaml) or "
+            "with --config for the whole run"
+        )
+    return settings
+
+
+def night_date(night):
+    return bconfig.parse_night_id(night)[1]
+
+
+def raw_dir(night):
+    return bconfig.raw_night_dir(config["raw_layout"], config["raw_root"], night)
+
+
+def all_nights():
+    """Nights built by the default target: listed in config, else discovered in the raw tree."""
+    nights = config["nights"] or bconfig.discover_nights(
+        config["raw_layout"], config["raw_root"], instruments()
+    )
+    return [n for n in nights if not night_cfg(n)["skip"]]
+
+
+# ---------------------------------------------------------------- input functions
+def raw_frames(wildcards):
+    """Every raw file of the night: the inventory re-runs when one is added or changed."""
+    return raw_files(raw_dir(wildcards.night))
+
+
+def inventory_path(night):
+    return work(f"{night}/calib/inventory.ecsv")
+
+
+@lru_cache(maxsize=None)
+def _read_inventory(path, mtime):
+    return read_inventory(path)
+
+
+def inventory(night):
+    """The night's inventory table (waits for the inventory checkpoint)."""
+    path = checkpoints.inventory.get(night=night).output.table
+    return _read_inventory(path, os.path.getmtime(path))
+
+
+def calib_frames(frame_type, **match):
+    """Input function: accepted frames of one type from the night's inventory."""
+
+    def frames(wildcards):
+        wanted = {k: getattr(wildcards, v) for k, v in match.items()}
+        return list_files(inventory(wildcards.night), frame_type, **wanted)
+
+    return frames
+
+
+def flat_frames(session):
+    def frames(wildcards):
+        table = inventory(wildcards.night)
+        return list_files(table, "flat", filter=wildcards.filter, session=session)
+
+    return frames
+
+
+def science_targets(night):
+    table = inventory(night)
+    sel = (table["type"] == "science") & table["accepted"]
+    return sorted(set(table["target"][sel]))
+
+
+def science_filters(night):
+    table = inventory(night)
+    sel = (table["type"] == "science") & table["accepted"]
+    return sorted(set(table["filter"][sel]))
+
+
+def target_filter(night, target):
+    """Filter of a target's science frames (the most used one if several)."""
+    table = inventory(night)
+    sel = (table["type"] == "science") & table["accepted"] & (table["target"] == target)
+    filters = list(table["filter"][sel])
+    if not filters:
+        raise WorkflowError(f"night {night}: no accepted science frame of target {target}")
+    return max(set(filters), key=filters.count)
+
+
+def science_frames(wildcards):
+    """Accepted science frames of a target in its main filter, in time order."""
+    table = inventory(wildcards.night)
+    return list_files(
+        table,
+        "science",
+        target=wildcards.target,
+        filter=target_filter(wildcards.night, wildcards.target),
+    )
+
+
+def masters_for_target(wildcards):
+    night = wildcards.night
+    return dict(
+        bias=work(f"{night}/calib/master_bias.fits"),
+        dark=work(f"{night}/calib/master_dark.fits"),
+        flat=work(
+            f"{night}/calib/master_flat_{target_filter(night, wildcards.target)}.fits"
+        ),
+        bpm=work(f"{night}/calib/bad_pixel_map.fits"),
+    )
+
+
+def calibration_products(night):
+    """Master calibrations a night needs: bias, dark, a flat per science filter, the BPM."""
+    calib = [
+        work(f"{night}/calib/master_bias.fits"),
+        work(f"{night}/calib/master_dark.fits"),
+        work(f"{night}/calib/bad_pixel_map.fits"),
+    ]
+    calib += [
+        work(f"{night}/calib/master_flat_{f}.fits") for f in science_filters(night)
+    ]
+    return calib
+
+
+def target_products(night, target):
+    """Per-target products of the photometry stage."""
+    base = f"{night}/{target}"
+    return [work(f"{base}/centroiding/centroids.fits")] + [
+        work(f"{base}/photometry/photometry_aper{n}.fits") for n in APERTURES
+    ]
+
+
+def night_products(wildcards):
+    """Everything published in results/<night>/."""
+    night = wildcards.night
+    products = [inventory_path(night), work(f"{night}/calib/lists")]
+    products += calibration_products(night)
+    for target in science_targets(night):
+        products += target_products(night, target)
+    return products

@@ -1,0 +1,17 @@
+checkpoint inventory:
+    """Read every raw header of a night once: types, targets, filters, times, sessions, rejects."""
+    input:
+        raw_frames,
+    output:
+        table=work("{night}/calib/inventory.ecsv"),
+        lists=directory(work("{night}/calib/lists")),
+    params:
+        instrument=lambda w: instrument_cfg(w.night),
+        run=lambda w: night_cfg(w.night)["instrument_settings"]["run"],
+        discard=lambda w: night_cfg(w.night)["instrument_settings"][
+            "discard_n_first_science"
+        ],
+    log:
+        logs("{night}/logs/inventory.log"),
+    script:
+        "../workflow/scripts/inventory.py"

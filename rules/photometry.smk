@@ -1,0 +1,88 @@
+PHOTOMETRY_OUTPUTS = dict(
+    centroids=work("{night}/{target}/centroiding/centroids.fits"),
+    photometry=expand(
+        work("{{night}}/{{target}}/photometry/photometry_aper{aper}.fits"),
+        aper=APERTURES,
+    ),
+)
+
+if config["processing"]["path"] == "streaming":
+
+    ruleorder: photometry_streaming > photometry_from_reduced
+
+else:
+
+    ruleorder: photometry_from_reduced > photometry_streaming
+
+
+def photometry_params(wildcards):
+    """Settings the photometry of one (night, target) depends on."""
+    settings = night_cfg(wildcards.night)
+    return dict(
+        night=wildcards.night,
+        date=night_date(wildcards.night),
+        target=wildcards.target,
+        targets_file=config["targets_file"],
+        centroid=settings["centroid_settings"],
+        photometry=settings["photometry_settings"],
+    )
+
+
+rule photometry_streaming:
+    """One numba pass per frame: calibrate the needed pixels, centroid, sum every aperture."""
+    input:
+        unpack(masters_for_target),
+        frames=science_frames,
+        targets=config["targets_file"],
+    output:
+        **PHOTOMETRY_OUTPUTS,
+    params:
+        instrument=lambda w: instrument_cfg(w.night),
+        settings=photometry_params,
+        save_reduced=config["processing"]["save_reduced_frames"],
+        reduced_dir=lambda w: work(f"{w.night}/{w.target}/reduced"),
+    threads: config["processing"]["threads"]
+    log:
+        logs("{night}/logs/photometry_streaming_{target}.log"),
+    benchmark:
+        bench("{night}/benchmarks/photometry_streaming_{target}.tsv")
+    script:
+        "../workflow/scripts/photometry_streaming.py"
+
+
+rule reduce_science:
+    """Traditional path, step 1: calibrated SCI/ERR/MASK frames (e-) on disk."""
+    input:
+        unpack(masters_for_target),
+        frames=science_frames,
+    output:
+        temp(directory(work("{night}/{target}/reduced"))),
+    params:
+        instrument=lambda w: instrument_cfg(w.night),
+    threads: config["processing"]["threads"]
+    log:
+        logs("{night}/logs/reduce_science_{target}.log"),
+    benchmark:
+        bench("{night}/benchmarks/reduce_science_{target}.tsv")
+    script:
+        "../workflow/scripts/reduce_science.py"
+
+
+rule photometry_from_reduced:
+    """Traditional path, step 2: centroids and photometry from the calibrated frames."""
+    input:
+        reduced=work("{night}/{target}/reduced"),
+        frames=science_frames,
+        targets=config["targets_file"],
+    output:
+        **PHOTOMETRY_OUTPUTS,
+    params:
+        instrument=lambda w: instrument_cfg(w.night),
+        settings=photometry_params,
+    threads: config["processing"]["threads"]
+    log:
+        logs("{night}/logs/photometry_from_reduced_{target}.log"),
+    benchmark:
+        bench("{night}/benchmarks/photometry_from_reduced_{target}.tsv")
+    script:
+        "../workflow/scripts/photometry_from_reduced.py"

@@ -1,0 +1,28 @@
+rule night_summary:
+    """One readable summary of the night: frames, calibrations and their fallbacks, targets."""
+    input:
+        night_products,
+    output:
+        work("{night}/night_summary.txt"),
+    params:
+        night="{night}",
+        logs_dir=lambda w: work(f"{w.night}/logs"),
+    log:
+        logs("{night}/logs/night_summary.log"),
+    script:
+        "../workflow/scripts/night_summary.py"
+
+
+rule publish_night:
+    """Publish the night's products and logs into results/<night>/ as hard links."""
+    input:
+        products=night_products,
+        summary=work("{night}/night_summary.txt"),
+    output:
+        directory(f"{RESULTS}/{{night}}"),
+    params:
+        work_night=lambda w: work(w.night),
+    log:
+        logs("{night}/logs/publish.log"),
+    script:
+        "../workflow/scripts/publish.py"

@@ -1,0 +1,123 @@
+"""Inventory: classification, timing, dusk/dawn from the Sun, and bad input contained."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from bandersnake.config import load_instrument
+from bandersnake.errors import BandersnakeError
+from bandersnake.inventory import (build_inventory, classify, make_inventory, raw_files, sun_sessions)
+
+from conftest import ARCSAT_RAW, ROOT
+
+INSTRUMENTS = ROOT / "config" / "instruments"
+
+
+@pytest.fixture
+def maxim():
+    inst = load_instrument(INSTRUMENTS, "MAXIM")
+    inst["site"] = dict(name="APO", latitude_deg=32.78, longitude_deg=-105.82, altitude_m=2788)
+    inst["shape"] = [20, 30]
+    return inst
+
+
+def write_frame(path, imagetyp="Light Frame", exptime=30.0, date_obs="2025-06-02T04:10:00", shape=(20, 30), **extra):
+    header = fits.Header()
+    if imagetyp is not None:
+        header["IMAGETYP"] = imagetyp
+    if exptime is not None:
+        header["EXPTIME"] = exptime
+    if date_obs is not None:
+        header["DATE-OBS"] = date_obs
+    header["OBJECT"] = extra.pop("obj", "XO-1 b")
+    header["FILTER"] = extra.pop("flt", "z")
+    for k, v in extra.items():
+        header[k] = v
+    data = (np.arange(np.prod(shape)).reshape(shape) % 1000).astype(np.uint16)
+    fits.PrimaryHDU(data, header).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("Bias Frame", "bias"), ("BIAS", "bias"), ("zero", "bias"), ("Dark Frame", "dark"), ("DARK", "dark"),
+    ("Flat Field", "flat"), ("FLAT", "flat"), ("SKYFLAT", "flat"), ("Light Frame", "science"),
+    ("LIGHT", "science"), ("OBJECT", "science"), ("SCIENCE", "science"), ("light frame ", "science"),
+])
+def test_imagetyp_variants(maxim, value, expected):
+    assert classify(fits.Header({"IMAGETYP": value}), "x.fits", maxim)[0] == expected
+
+
+def test_filename_patterns_when_no_imagetyp(maxim):
+    assert classify(fits.Header(), "Bias_BIN1_001.fits", maxim)[0] == "bias"
+    assert classify(fits.Header(), "domeflat_z_001.fits.gz", maxim)[0] == "flat"
+    assert classify(fits.Header(), "2024-01-01_SCIENCE_001.fits", maxim)[0] == "science"
+    assert classify(fits.Header(), "mystery.fits", maxim)[0] == "unknown"
+
+
+def test_bad_frames_rejected_with_reasons(tmp_path, maxim):
+    good = [write_frame(tmp_path / f"sci_{i}.fits", date_obs=f"2025-06-02T04:1{i}:00") for i in range(3)]
+    write_frame(tmp_path / "noexp.fits", exptime=None)
+    write_frame(tmp_path / "nodate.fits", date_obs=None)
+    write_frame(tmp_path / "what.fits", imagetyp="Tricolor")
+    write_frame(tmp_path / "big.fits", shape=(40, 30))
+    trunc = write_frame(tmp_path / "trunc.fits")
+    trunc.write_bytes(trunc.read_bytes()[:3500])
+    (tmp_path / "garbage.fits").write_bytes(b"this is not FITS at all" * 200)
+    table = build_inventory(raw_files(tmp_path), maxim)
+    reasons = {row["file"]: row["reason"] for row in table}
+    assert sum(table["accepted"]) == len(good)
+    assert "missing EXPTIME" in reasons["noexp.fits"]
+    assert "missing DATE-OBS" in reasons["nodate.fits"]
+    assert "unknown frame type" in reasons["what.fits"]
+    assert "shape" in reasons["big.fits"]
+    assert "truncated" in reasons["trunc.fits"]
+    assert "unreadable" in reasons["garbage.fits"]
+    assert set(table["target"][table["accepted"]]) == {"XO-1_b"}
+
+
+def test_mid_exposure_time(tmp_path, maxim):
+    write_frame(tmp_path / "a.fits", exptime=60.0, date_obs="2025-06-02T04:00:00")
+    table = build_inventory(raw_files(tmp_path), maxim)
+    # DATE-OBS is the start: mid-exposure is 30 s later.
+    assert table["jd_mid_utc"][0] == pytest.approx(2460828.6666667 + 30 / 86400, abs=1e-7)
+
+
+def test_discard_first_science(tmp_path, maxim):
+    for i in range(4):
+        write_frame(tmp_path / f"s{i}.fits", date_obs=f"2025-06-02T04:1{i}:00")
+    table = build_inventory(raw_files(tmp_path), maxim, discard_n_first_science=2)
+    assert list(table["accepted"]) == [False, False, True, True]
+    assert list(table["reason"][:2]) == ["discard_n_first_science"] * 2
+
+
+def test_dusk_dawn_from_the_sun_at_any_longitude():
+    # 23:00 UTC is evening twilight in Chile but morning in Japan: a fixed UTC-hour rule gets one wrong.
+    jd_2300_utc = 2461025.5 - 1 / 24  # 2025-12-15T23:00 UTC
+    paranal = dict(latitude_deg=-24.63, longitude_deg=-70.40, altitude_m=2482)
+    kiso = dict(latitude_deg=35.79, longitude_deg=137.63, altitude_m=1130)
+    assert sun_sessions([jd_2300_utc], paranal)[0] == "dusk"
+    assert sun_sessions([jd_2300_utc], kiso)[0] == "dawn"
+    # Paranal morning twilight, ~09:00 UTC.
+    assert sun_sessions([jd_2300_utc + 10 / 24], paranal)[0] == "dawn"
+
+
+def test_empty_night_and_no_science_are_errors(tmp_path, maxim):
+    with pytest.raises(BandersnakeError, match="no raw frames"):
+        make_inventory([], maxim, tmp_path / "inv.ecsv", tmp_path / "lists", night="X_20250101")
+    write_frame(tmp_path / "b.fits", imagetyp="Bias Frame")
+    with pytest.raises(BandersnakeError, match="no usable science frame"):
+        make_inventory(raw_files(tmp_path), maxim, tmp_path / "inv.ecsv", tmp_path / "lists", night="X_20250101")
+
+
+@pytest.mark.realdata
+def test_arcsat_night_classified():
+    if not ARCSAT_RAW.is_dir():
+        pytest.skip(f"real ARCSAT night not available at {ARCSAT_RAW}")
+    inst = load_instrument(INSTRUMENTS, "ARCSAT")
+    table = build_inventory(raw_files(ARCSAT_RAW), inst)
+    assert len(table) == 96 and all(table["accepted"])
+    counts = {t: int((table["type"] == t).sum()) for t in ("bias", "dark", "flat", "science")}
+    assert counts == {"bias": 5, "dark": 5, "flat": 5, "science": 81}
+    assert int((table["target"] == "XO1-b").sum()) == 80
+    # Observed 03:21-06:08 UTC at APO (UTC-7 solar): all in the evening half of the night.
+    assert set(table["session"]) == {"dusk"}

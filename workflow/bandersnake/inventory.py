@@ -1,0 +1,315 @@
+"""Per-night inventory: read each raw header once, classify, time-stamp and vet every frame.
+
+The inventory (``calib/inventory.ecsv``) is the single source the workflow's input functions
+read to find bias, dark, flat and science frames, so adding a frame to a night re-runs the
+inventory and, through it, exactly the jobs whose inputs changed.
+"""
+
+import fnmatch
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy import units as u
+from astropy.coordinates import EarthLocation, get_sun
+from astropy.table import Table
+from astropy.time import Time
+from astropy.utils import iers
+
+from .errors import BandersnakeError, FrameError
+from .fitsio import atomic_path, is_raw_fits_name, read_header, write_text
+
+log = logging.getLogger(__name__)
+
+FRAME_TYPES = ("bias", "dark", "flat", "science")
+# Offline operation: never try to download IERS tables; the bundled ones suffice for the
+# ~1 s accuracy a dusk/dawn split needs.
+iers.conf.auto_download = False
+
+
+def sanitize_name(name):
+    """Target/filter name safe for file names: characters outside ``[A-Za-z0-9+._-]`` become ``_``."""
+    cleaned = re.sub(r"[^A-Za-z0-9+._-]", "_", str(name).strip())
+    return cleaned or "UNKNOWN"
+
+
+def _normalise(value):
+    return re.sub(r"[\s_]+", " ", str(value).strip().lower())
+
+
+def classify(header, filename, instrument):
+    """Frame type from IMAGETYP variants, else from the instrument's file-name patterns.
+
+    Parameters
+    ----------
+    header : astropy.io.fits.Header
+    filename : str
+        Base name of the file (patterns match case-insensitively).
+    instrument : dict
+        Validated instrument configuration.
+
+    Returns
+    -------
+    frame_type : str
+        One of ``bias``, ``dark``, ``flat``, ``science`` or ``unknown``.
+    how : str
+        ``"IMAGETYP=..."`` or ``"file name"``, for the log.
+    """
+    key = instrument["keywords"]["imagetyp"]
+    value = header.get(key)
+    if value is not None and str(value).strip():
+        norm = _normalise(value)
+        for frame_type in FRAME_TYPES:
+            if norm in {_normalise(v) for v in instrument["imagetyp_values"][frame_type]}:
+                return frame_type, f"{key}={str(value).strip()!r}"
+    name = filename.lower()
+    for frame_type in FRAME_TYPES:
+        if any(fnmatch.fnmatch(name, pat.lower()) for pat in instrument["filename_patterns"][frame_type]):
+            return frame_type, "file name"
+    return "unknown", f"{key}={value!r}" if value is not None else f"no {key}"
+
+
+def expected_data_bytes(header):
+    """Bytes of the primary data unit (padded to 2880) implied by an uncompressed header."""
+    naxes = [header.get(f"NAXIS{i}", 0) for i in range(1, header.get("NAXIS", 0) + 1)]
+    nbytes = abs(header.get("BITPIX", 8)) // 8 * int(np.prod(naxes)) if naxes else 0
+    return int(np.ceil(nbytes / 2880.0) * 2880)
+
+
+def check_complete(path, header):
+    """Raise :class:`FrameError` if an uncompressed FITS file is shorter than its header implies.
+
+    Compressed files (``.gz``, ``.fz``) are checked by decompressing the data instead.
+    """
+    lower = str(path).lower()
+    if lower.endswith((".gz", ".fz")):
+        from .fitsio import read_image
+
+        read_image(path)
+        return
+    # Primary header length: 2880-byte blocks up to and including the END card.
+    header_bytes = int(np.ceil((len(header.tostring(sep="", endcard=True, padding=False))) / 2880.0) * 2880)
+    needed = header_bytes + expected_data_bytes(header)
+    size = os.path.getsize(path)
+    if size < needed:
+        raise FrameError(path, f"truncated file ({size} bytes, header implies {needed})")
+
+
+def _parse_time(value):
+    text = str(value).strip()
+    # MaxIm writes ISO strings; some cameras use a space separator.
+    return Time(text.replace(" ", "T"), format="isot", scale="utc")
+
+
+def frame_record(path, instrument, expected_shape=None):
+    """Inventory row for one raw file; problems become ``accepted=False`` with a reason.
+
+    Parameters
+    ----------
+    path : str
+        Raw file.
+    instrument : dict
+        Validated instrument configuration.
+    expected_shape : tuple of int, optional
+        ``(ny, nx)`` the night's frames must have.
+
+    Returns
+    -------
+    dict
+        Keys of the inventory columns; ``jd_start`` is kept for the dusk/dawn split.
+    """
+    kw = instrument["keywords"]
+    row = dict(path=str(path), file=Path(path).name, type="unknown", target="", filter="", exptime=np.nan,
+               date_obs="", jd_mid_utc=np.nan, session="", naxis1=0, naxis2=0, accepted=False, reason="")
+    try:
+        header = read_header(path, instrument.get("image_extension", 0))
+        row["naxis1"], row["naxis2"] = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
+        frame_type, how = classify(header, row["file"], instrument)
+        row["type"] = frame_type
+        row["filter"] = sanitize_name(header.get(kw["filter"], "NONE")) if frame_type in ("flat", "science") else ""
+        if frame_type == "science":
+            row["target"] = sanitize_name(header.get(kw["object"], "UNKNOWN"))
+        if frame_type == "unknown":
+            raise FrameError(path, f"unknown frame type ({how}; no file-name pattern matched)")
+        if kw["exptime"] not in header:
+            raise FrameError(path, f"missing {kw['exptime']}")
+        exptime = float(header[kw["exptime"]])
+        if not np.isfinite(exptime) or exptime < 0:
+            raise FrameError(path, f"invalid {kw['exptime']}={header[kw['exptime']]!r}")
+        row["exptime"] = exptime
+        if kw["date_obs"] not in header:
+            raise FrameError(path, f"missing {kw['date_obs']}")
+        try:
+            t0 = _parse_time(header[kw["date_obs"]])
+        except ValueError:
+            raise FrameError(path, f"unparsable {kw['date_obs']}={header[kw['date_obs']]!r}") from None
+        row["date_obs"] = t0.isot
+        offset = 0.5 * exptime if instrument.get("date_obs_is", "start") == "start" else 0.0
+        row["jd_mid_utc"] = t0.jd + offset / 86400.0
+        shape = (row["naxis2"], row["naxis1"])
+        if header.get("NAXIS", 2) != 2 and not str(path).lower().endswith(".fz"):
+            raise FrameError(path, f"NAXIS={header.get('NAXIS')} (expected a 2-D image)")
+        if expected_shape is not None and shape != tuple(expected_shape):
+            raise FrameError(path, f"shape {shape} differs from the instrument's {tuple(expected_shape)}")
+        check_complete(path, header)
+        row["accepted"] = True
+    except FrameError as err:
+        row["reason"] = err.reason
+    return row
+
+
+def sun_sessions(jd_utc, site):
+    """``'dusk'`` or ``'dawn'`` for each time, from the Sun's hour angle at the site.
+
+    A frame taken while the Sun's local hour angle is between 0 h and 12 h (after local solar
+    noon) belongs to the evening (dusk) session, otherwise to the morning (dawn) one. This works
+    at every longitude, unlike a fixed UTC-hour cut.
+
+    Parameters
+    ----------
+    jd_utc : array_like
+        Julian dates (UTC).
+    site : dict
+        ``latitude_deg``, ``longitude_deg``, ``altitude_m``.
+    """
+    jd_utc = np.atleast_1d(np.asarray(jd_utc, dtype=float))
+    out = np.full(jd_utc.shape, "", dtype="<U4")
+    ok = np.isfinite(jd_utc)
+    if not ok.any():
+        return out
+    times = Time(jd_utc[ok], format="jd", scale="utc")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lst = times.sidereal_time("apparent", longitude=site["longitude_deg"] * u.deg)
+        sun = get_sun(times)
+    hour_angle = (lst - sun.ra).wrap_at(24 * u.hourangle).hour
+    out[ok] = np.where(hour_angle < 12.0, "dusk", "dawn")
+    return out
+
+
+def build_inventory(paths, instrument, discard_n_first_science=0):
+    """Inventory table of a night's raw files.
+
+    Parameters
+    ----------
+    paths : list of str
+        Raw files of the night (any order; sorted by observation time in the output).
+    instrument : dict
+        Validated instrument configuration.
+    discard_n_first_science : int
+        The first N accepted science frames of each target are marked rejected (bandersnatch's
+        setting, for frames taken while the telescope settles).
+
+    Returns
+    -------
+    astropy.table.Table
+    """
+    shape = instrument.get("shape")
+    rows = [frame_record(p, instrument, shape) for p in paths]
+    if shape is None:
+        # No fixed shape: the most common shape of accepted frames is the night's.
+        shapes = [(r["naxis2"], r["naxis1"]) for r in rows if r["accepted"]]
+        if shapes:
+            common = max(set(shapes), key=shapes.count)
+            for r in rows:
+                if r["accepted"] and (r["naxis2"], r["naxis1"]) != common:
+                    r["accepted"], r["reason"] = False, f"shape {(r['naxis2'], r['naxis1'])} differs from the night's {common}"
+    if not rows:
+        raise BandersnakeError("no raw files to inventory")
+    rows.sort(key=lambda r: (r["jd_mid_utc"] if np.isfinite(r["jd_mid_utc"]) else np.inf, r["file"]))
+    if discard_n_first_science:
+        seen = {}
+        for r in rows:
+            if r["type"] == "science" and r["accepted"]:
+                seen[r["target"]] = seen.get(r["target"], 0) + 1
+                if seen[r["target"]] <= discard_n_first_science:
+                    r["accepted"], r["reason"] = False, "discard_n_first_science"
+    table = Table(rows=rows, names=list(rows[0].keys()))
+    table["session"] = sun_sessions(table["jd_mid_utc"], instrument["site"])
+    table["exptime"].unit = u.s
+    table["jd_mid_utc"].unit = u.day
+    table.meta["comments"] = [
+        "bandersnake inventory: one row per raw file; jd_mid_utc at mid-exposure (UTC);",
+        "session from the Sun's hour angle at the site (dusk: after local noon).",
+    ]
+    return table
+
+
+def list_files(table, frame_type, **match):
+    """Paths of accepted frames of ``frame_type`` whose columns equal ``match`` (e.g. ``filter='z'``)."""
+    keep = (np.asarray(table["type"]) == frame_type) & np.asarray(table["accepted"], dtype=bool)
+    for column, value in match.items():
+        keep &= np.asarray(table[column]) == value
+    return [str(p) for p in np.asarray(table["path"])[keep]]
+
+
+def write_lists(table, lists_dir, run):
+    """Write bandersnatch's ``.list`` files (one path per line) into ``lists_dir``.
+
+    ``<run>_bias.list``, ``<run>_dark.list``, ``<run>_flat_<F>.list`` with ``_dusk``/``_dawn``
+    splits, and ``<run>_image_<TARGET>.list``.
+    """
+    lists_dir = Path(lists_dir)
+    lists_dir.mkdir(parents=True, exist_ok=True)
+    lists = {f"{run}_bias.list": list_files(table, "bias"), f"{run}_dark.list": list_files(table, "dark")}
+    flat_filters = sorted(set(table["filter"][(table["type"] == "flat") & table["accepted"]]))
+    for flt in flat_filters:
+        lists[f"{run}_flat_{flt}.list"] = list_files(table, "flat", filter=flt)
+        for session in ("dusk", "dawn"):
+            lists[f"{run}_flat_{flt}_{session}.list"] = list_files(table, "flat", filter=flt, session=session)
+    for target in sorted(set(table["target"][(table["type"] == "science") & table["accepted"]])):
+        lists[f"{run}_image_{target}.list"] = list_files(table, "science", target=target)
+    for name, paths in lists.items():
+        write_text("".join(f"{os.path.abspath(p)}\n" for p in paths), lists_dir / name)
+    return sorted(lists)
+
+
+def summarize(table):
+    """Human-readable counts per type and the rejected frames with their reasons."""
+    lines = []
+    for frame_type in FRAME_TYPES + ("unknown",):
+        sel = table["type"] == frame_type
+        if sel.any():
+            lines.append(f"{frame_type:8s}: {int((sel & table['accepted']).sum())} accepted, {int((sel & ~table['accepted']).sum())} rejected")
+    for row in table[~np.asarray(table["accepted"], dtype=bool)]:
+        lines.append(f"rejected {row['file']}: {row['reason']}")
+    return lines
+
+
+def make_inventory(paths, instrument, out_table, lists_dir, run="1", discard_n_first_science=0, night=""):
+    """Build, check and write a night's inventory and ``.list`` files.
+
+    Raises
+    ------
+    BandersnakeError
+        When the night has no raw files or no accepted science frame.
+    """
+    if not paths:
+        raise BandersnakeError(f"night {night}: no raw frames (.fits, .fits.gz, .fits.fz) were found")
+    table = build_inventory(paths, instrument, discard_n_first_science)
+    for line in summarize(table):
+        log.info("%s", line)
+    with atomic_path(out_table) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+    write_lists(table, lists_dir, run)
+    if not ((table["type"] == "science") & table["accepted"]).any():
+        raise BandersnakeError(
+            f"night {night}: no usable science frame among {len(table)} files "
+            "(each file's type and reason are in this job's log)")
+    return table
+
+
+def raw_files(directory):
+    """Sorted raw FITS files directly in ``directory`` (``.fits``, ``.fit``, ``.fits.gz``, ``.fits.fz``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(str(directory / e.name) for e in os.scandir(directory) if e.is_file() and is_raw_fits_name(e.name))
+
+
+def read_inventory(path):
+    """Read an inventory table written by :func:`make_inventory`."""
+    return Table.read(path, format="ascii.ecsv")

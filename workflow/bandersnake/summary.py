@@ -1,0 +1,61 @@
+"""The night summary: what went in, what was rejected and why, which calibrations (and fallbacks)
+were used, and how many frames and stars each target's photometry flagged."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from .fitsio import write_text
+from .inventory import read_inventory, summarize
+
+log = logging.getLogger(__name__)
+
+MASTER_KEYS = ("CALTYPE", "FILTER", "NCOMBINE", "BUNIT", "FALLBACK", "RDNOISE", "DARKCUR")
+
+
+def describe_master(path):
+    """One line per master: its type, inputs, units and fallback, from its header."""
+    header = fits.getheader(path)
+    parts = [f"{k}={header[k]}" for k in MASTER_KEYS if k in header]
+    return f"{Path(path).name}: " + ", ".join(parts)
+
+
+def describe_table(path):
+    """Rows and flagged fraction of a centroid or photometry table."""
+    table = Table.read(path)
+    line = f"{Path(path).name}: {len(table)} frames"
+    if "flag" in table.colnames and len(table):
+        flags = np.asarray(table["flag"])
+        line += f", {int((flags != 0).any(axis=-1).sum())} with a flagged star"
+    return line
+
+
+def night_summary(night, products, out):
+    """Write the night's summary text to ``out`` and return it.
+
+    Parameters
+    ----------
+    night : str
+        Night id.
+    products : list of str
+        The night's products (inventory, masters, tables); other files are listed by name.
+    out : str
+        Output text file.
+    """
+    lines = [f"bandersnake night summary: {night}", ""]
+    inventories = [p for p in products if str(p).endswith("inventory.ecsv")]
+    if inventories:
+        lines += ["Frames"] + ["  " + s for s in summarize(read_inventory(inventories[0]))] + [""]
+    masters = [p for p in products if Path(p).name.startswith(("master_", "bad_pixel_map"))]
+    if masters:
+        lines += ["Calibrations"] + ["  " + describe_master(p) for p in masters] + [""]
+    tables = [p for p in products if Path(p).name.startswith(("centroids", "photometry_aper"))]
+    if tables:
+        lines += ["Targets"] + [f"  {Path(p).parent.parent.name}/{describe_table(p)}" for p in tables] + [""]
+    text = "\n".join(lines) + "\n"
+    write_text(text, out)
+    log.info("night summary written to %s", out)
+    return text

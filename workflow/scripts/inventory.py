@@ -1,0 +1,13 @@
+from bandersnake.inventory import make_inventory
+from bandersnake.logs import log_to
+
+with log_to(snakemake.log[0]):
+    make_inventory(
+        list(snakemake.input),
+        snakemake.params.instrument,
+        out_table=snakemake.output.table,
+        lists_dir=snakemake.output.lists,
+        run=snakemake.params.run,
+        discard_n_first_science=snakemake.params.discard,
+        night=snakemake.wildcards.night,
+    )
