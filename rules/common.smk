@@ -14,7 +14,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 from bandersnake import config as bconfig
 from bandersnake.errors import ConfigError
-from bandersnake.inventory import list_files, raw_files, read_inventory
+from bandersnake.inventory import list_files, raw_files, read_inventory, sanitize_name
 
 
 
@@ -107,6 +107,32 @@ def night_cfg(night):
     return settings
 
 
+@lru_cache(maxsize=None)
+def targets_config():
+    """Validated targets.yaml (empty when the file does not exist yet)."""
+    path = Path(config["targets_file"])
+    data = bconfig.load_yaml(path) if path.exists() else {}
+    try:
+        return bconfig.validate(data, "targets.schema.yaml", str(path))
+    except ConfigError as err:
+        raise WorkflowError(str(err))
+
+
+@lru_cache(maxsize=None)
+def master_flats_config():
+    path = Path(config["master_flats_file"])
+    data = bconfig.load_yaml(path) if path.exists() else {}
+    try:
+        return bconfig.validate(data, "master_flats.schema.yaml", str(path))
+    except ConfigError as err:
+        raise WorkflowError(str(err))
+
+
+# Fail at parse time, naming the file and key, rather than inside a job.
+targets_config()
+master_flats_config()
+
+
 def night_date(night):
     return bconfig.parse_night_id(night)[1]
 
@@ -166,6 +192,13 @@ def science_targets(night):
     table = inventory(night)
     sel = (table["type"] == "science") & table["accepted"]
     return sorted(set(table["target"][sel]))
+
+
+def photometry_targets(night):
+    """Science targets with reference positions in targets.yaml (the others are listed in the
+    night summary with a note saying to add them)."""
+    known = {sanitize_name(name) for name in targets_config()["targets"]}
+    return [t for t in science_targets(night) if t in known]
 
 
 def science_filters(night):
@@ -233,6 +266,6 @@ def night_products(wildcards):
     night = wildcards.night
     products = [inventory_path(night), work(f"{night}/calib/lists")]
     products += calibration_products(night)
-    for target in science_targets(night):
+    for target in photometry_targets(night):
         products += target_products(night, target)
     return products

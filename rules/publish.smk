@@ -6,7 +6,9 @@ rule night_summary:
         work("{night}/night_summary.txt"),
     params:
         night="{night}",
-        logs_dir=lambda w: work(f"{w.night}/logs"),
+        without_positions=lambda w: sorted(
+            set(science_targets(w.night)) - set(photometry_targets(w.night))
+        ),
     log:
         logs("{night}/logs/night_summary.log"),
     script:

@@ -37,29 +37,24 @@ def validate(instance, schema_name, source):
     Raises
     ------
     ConfigError
-        Naming ``source`` (a file or config section) and the offending key.
+        Naming ``source`` (a file or config section), the key path and the problem.
     """
     import jsonschema
     from snakemake.utils import validate as smk_validate
-    from snakemake.exceptions import WorkflowError
 
-    try:
-        smk_validate(instance, str(SCHEMA_DIR / schema_name), set_default=True)
-    except WorkflowError as err:
-        cause = err.args[0] if err.args else str(err)
-        inner = next((a for a in getattr(err, "args", []) if isinstance(a, jsonschema.ValidationError)), None)
-        where = "/".join(str(p) for p in inner.absolute_path) if inner is not None else ""
-        raise ConfigError(f"{source}: {where + ': ' if where else ''}{_short(cause)}") from None
+    schema = _schema(schema_name)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(instance))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path)
+        raise ConfigError(f"{source}: {where + ': ' if where else ''}{error.message}")
+    # Snakemake's validator fills in the schema defaults (recursively into nested sections).
+    smk_validate(instance, str(SCHEMA_DIR / schema_name), set_default=True)
     return instance
 
 
-def _short(message):
-    """First line of a jsonschema message, which otherwise repeats the whole schema."""
-    text = str(message)
-    for line in text.splitlines():
-        if "Additional properties" in line or "is not" in line or "required" in line or "was unexpected" in line:
-            return line.strip()
-    return text.splitlines()[0] if text else text
+@lru_cache(maxsize=None)
+def _schema(schema_name):
+    return load_yaml(SCHEMA_DIR / schema_name)
 
 
 def parse_night_id(night):

@@ -33,7 +33,7 @@ def describe_table(path):
     return line
 
 
-def night_summary(night, products, out):
+def night_summary(night, products, out, without_positions=()):
     """Write the night's summary text to ``out`` and return it.
 
     Parameters
@@ -44,6 +44,8 @@ def night_summary(night, products, out):
         The night's products (inventory, masters, tables); other files are listed by name.
     out : str
         Output text file.
+    without_positions : list of str
+        Science targets with no entry in targets.yaml (no photometry was made for them).
     """
     lines = [f"bandersnake night summary: {night}", ""]
     inventories = [p for p in products if str(p).endswith("inventory.ecsv")]
@@ -55,6 +57,8 @@ def night_summary(night, products, out):
     tables = [p for p in products if Path(p).name.startswith(("centroids", "photometry_aper"))]
     if tables:
         lines += ["Targets"] + [f"  {Path(p).parent.parent.name}/{describe_table(p)}" for p in tables] + [""]
+    for target in without_positions:
+        lines.append(f"  {target}: no entry in targets.yaml, so no photometry; add its star positions to get it")
     text = "\n".join(lines) + "\n"
     write_text(text, out)
     log.info("night summary written to %s", out)

@@ -2,4 +2,9 @@ from bandersnake.logs import log_to
 from bandersnake.summary import night_summary
 
 with log_to(snakemake.log[0]):
-    night_summary(snakemake.params.night, list(snakemake.input), snakemake.output[0])
+    night_summary(
+        snakemake.params.night,
+        list(snakemake.input),
+        snakemake.output[0],
+        without_positions=snakemake.params.without_positions,
+    )
