@@ -15,7 +15,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(config, os.path.join(workflow.basedir, "config", "schemas", "config.schema.yaml"))
+validate(
+    config, os.path.join(workflow.basedir, "config", "schemas", "config.schema.yaml")
+)
 
 
 include: "rules/common.smk"
@@ -27,7 +29,7 @@ include: "rules/publish.smk"
 
 
 rule all:
+    default_target: True
     """Every night (listed in config, or discovered under raw_root) published in results/."""
     input:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
-    default_target: True

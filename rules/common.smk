@@ -8,8 +8,10 @@ from pathlib import Path
 # Jobs import the package from the source tree, also on cluster nodes and in conda envs.
 PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH", "")) if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p for p in (PACKAGE_DIR, os.environ.get("PYTHONPATH", "")) if p
+    )
 )
 
 from bandersnake import config as bconfig
@@ -17,10 +19,10 @@ from bandersnake.errors import ConfigError
 from bandersnake.inventory import list_files, raw_files, read_inventory, sanitize_name
 
 
-
 def _shipped(key):
     """A relative config path missing from the working directory is taken from the workflow's own
-    directory, so runs from another directory (``snakemake -d``) still find the shipped files."""
+    directory, so runs from another directory (``snakemake -d``) still find the shipped files.
+    """
     path = Path(config[key])
     if not path.is_absolute() and not path.exists():
         shipped = Path(workflow.basedir) / path
@@ -35,6 +37,7 @@ WORK = config["work_dir"].rstrip("/")
 RESULTS = config["results_dir"].rstrip("/")
 NIGHT_RE = r"[A-Za-z0-9-]+_[0-9]{8}"
 NAME_RE = r"[A-Za-z0-9+._-]+"
+
 
 wildcard_constraints:
     night=NIGHT_RE,
@@ -213,7 +216,9 @@ def target_filter(night, target):
     sel = (table["type"] == "science") & table["accepted"] & (table["target"] == target)
     filters = list(table["filter"][sel])
     if not filters:
-        raise WorkflowError(f"night {night}: no accepted science frame of target {target}")
+        raise WorkflowError(
+            f"night {night}: no accepted science frame of target {target}"
+        )
     return max(set(filters), key=filters.count)
 
 
@@ -269,3 +274,45 @@ def night_products(wildcards):
     for target in photometry_targets(night):
         products += target_products(night, target)
     return products
+
+
+def calib_params(kind):
+    """Clip parameters and fallback settings of one master type for a night."""
+
+    def params(wildcards):
+        cal = night_cfg(wildcards.night)["calibration_params"]
+        return dict(
+            clip=cal[f"{kind}_MAD_clip"],
+            nlimit=cal[f"{kind}_MAD_nlimit"],
+            min_frames=cal[f"min_{kind}_frames"],
+        )
+
+    return params
+
+
+def fallback_params(wildcards):
+    """Everything the fallback chain needs: earlier nights, master_flats.yaml, backups."""
+    cal = night_cfg(wildcards.night)["calibration_params"]
+    return dict(
+        night=wildcards.night,
+        work_root=WORK,
+        max_days=cal["fallback_max_days"],
+        master_flats_file=config["master_flats_file"],
+        force_backup_flats=cal["force_backup_flats"],
+        backup_master_bias=cal["backup_master_bias"],
+        backup_master_dark=cal["backup_master_dark"],
+        backup_master_flats=cal["backup_master_flats"],
+    )
+
+
+def photometry_params(wildcards):
+    """Settings the photometry of one (night, target) depends on."""
+    settings = night_cfg(wildcards.night)
+    return dict(
+        night=wildcards.night,
+        date=night_date(wildcards.night),
+        target=wildcards.target,
+        targets_file=config["targets_file"],
+        centroid=settings["centroid_settings"],
+        photometry=settings["photometry_settings"],
+    )

@@ -5,13 +5,15 @@ checkpoint inventory:
     output:
         table=work("{night}/calib/inventory.ecsv"),
         lists=directory(work("{night}/calib/lists")),
+    conda:
+        "../envs/bandersnake.yaml"
+    log:
+        logs("{night}/logs/inventory.log"),
     params:
         instrument=lambda w: instrument_cfg(w.night),
         run=lambda w: night_cfg(w.night)["instrument_settings"]["run"],
         discard=lambda w: night_cfg(w.night)["instrument_settings"][
             "discard_n_first_science"
         ],
-    log:
-        logs("{night}/logs/inventory.log"),
     script:
         "../workflow/scripts/inventory.py"

@@ -15,19 +15,6 @@ else:
     ruleorder: photometry_from_reduced > photometry_streaming
 
 
-def photometry_params(wildcards):
-    """Settings the photometry of one (night, target) depends on."""
-    settings = night_cfg(wildcards.night)
-    return dict(
-        night=wildcards.night,
-        date=night_date(wildcards.night),
-        target=wildcards.target,
-        targets_file=config["targets_file"],
-        centroid=settings["centroid_settings"],
-        photometry=settings["photometry_settings"],
-    )
-
-
 rule photometry_streaming:
     """One numba pass per frame: calibrate the needed pixels, centroid, sum every aperture."""
     input:
@@ -36,16 +23,18 @@ rule photometry_streaming:
         targets=config["targets_file"],
     output:
         **PHOTOMETRY_OUTPUTS,
+    conda:
+        "../envs/bandersnake.yaml"
+    log:
+        logs("{night}/logs/photometry_streaming_{target}.log"),
+    benchmark:
+        bench("{night}/benchmarks/photometry_streaming_{target}.tsv")
+    threads: config["processing"]["threads"]
     params:
         instrument=lambda w: instrument_cfg(w.night),
         settings=photometry_params,
         save_reduced=config["processing"]["save_reduced_frames"],
         reduced_dir=lambda w: work(f"{w.night}/{w.target}/reduced"),
-    threads: config["processing"]["threads"]
-    log:
-        logs("{night}/logs/photometry_streaming_{target}.log"),
-    benchmark:
-        bench("{night}/benchmarks/photometry_streaming_{target}.tsv")
     script:
         "../workflow/scripts/photometry_streaming.py"
 
@@ -57,13 +46,15 @@ rule reduce_science:
         frames=science_frames,
     output:
         temp(directory(work("{night}/{target}/reduced"))),
-    params:
-        instrument=lambda w: instrument_cfg(w.night),
-    threads: config["processing"]["threads"]
+    conda:
+        "../envs/bandersnake.yaml"
     log:
         logs("{night}/logs/reduce_science_{target}.log"),
     benchmark:
         bench("{night}/benchmarks/reduce_science_{target}.tsv")
+    threads: config["processing"]["threads"]
+    params:
+        instrument=lambda w: instrument_cfg(w.night),
     script:
         "../workflow/scripts/reduce_science.py"
 
@@ -76,13 +67,15 @@ rule photometry_from_reduced:
         targets=config["targets_file"],
     output:
         **PHOTOMETRY_OUTPUTS,
-    params:
-        instrument=lambda w: instrument_cfg(w.night),
-        settings=photometry_params,
-    threads: config["processing"]["threads"]
+    conda:
+        "../envs/bandersnake.yaml"
     log:
         logs("{night}/logs/photometry_from_reduced_{target}.log"),
     benchmark:
         bench("{night}/benchmarks/photometry_from_reduced_{target}.tsv")
+    threads: config["processing"]["threads"]
+    params:
+        instrument=lambda w: instrument_cfg(w.night),
+        settings=photometry_params,
     script:
         "../workflow/scripts/photometry_from_reduced.py"

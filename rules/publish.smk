@@ -4,13 +4,15 @@ rule night_summary:
         night_products,
     output:
         work("{night}/night_summary.txt"),
+    log:
+        logs("{night}/logs/night_summary.log"),
+    conda:
+        "../envs/bandersnake.yaml"
     params:
         night="{night}",
         without_positions=lambda w: sorted(
             set(science_targets(w.night)) - set(photometry_targets(w.night))
         ),
-    log:
-        logs("{night}/logs/night_summary.log"),
     script:
         "../workflow/scripts/night_summary.py"
 
@@ -22,9 +24,11 @@ rule publish_night:
         summary=work("{night}/night_summary.txt"),
     output:
         directory(f"{RESULTS}/{{night}}"),
-    params:
-        work_night=lambda w: work(w.night),
     log:
         logs("{night}/logs/publish.log"),
+    conda:
+        "../envs/bandersnake.yaml"
+    params:
+        work_night=lambda w: work(w.night),
     script:
         "../workflow/scripts/publish.py"

@@ -3,9 +3,11 @@ rule simulate_demo:
     output:
         raw=directory("demo/raw/SPIRIT2/images/20251215"),
         truth=directory("demo/truth/SPIRIT2_20251215"),
-    params:
-        instrument=lambda w: instrument_cfg("SPIRIT2_20251215"),
     log:
         "demo/logs/simulate_demo.log",
+    conda:
+        "../envs/bandersnake.yaml"
+    params:
+        instrument=lambda w: instrument_cfg("SPIRIT2_20251215"),
     script:
         "../workflow/scripts/simulate_demo.py"
