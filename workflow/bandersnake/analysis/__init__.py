@@ -1,0 +1,23 @@
+"""Light-curve analysis of one (night, target): differential photometry, precision, plots, exports.
+
+Entry points (one per product; the Snakemake rules call these):
+
+* :func:`run_differential` -> ``photometry/differential.fits``, ``precision_metrics.fits``,
+  ``differential_summary.txt``
+* :func:`make_plots` -> the diagnostic PNGs; :func:`plot_precision_vs_brightness` for several nights
+* :func:`write_exports` -> juliet ``lc.dat`` and an AAVSO Extended Format file
+* :func:`run_transit_fit` / :func:`fit_transit` -> transit depth, mid-time and duration
+"""
+
+from .differential import read_differential, run_differential
+from .exports import write_aavso, write_exports, write_juliet
+from .io import MissingProductError, ProductError
+from .plots import make_plots, plot_precision_vs_brightness, plot_transit_fit
+from .precision import read_precision_metrics
+from .transit import fit_transit, run_transit_fit
+
+__all__ = [
+    "run_differential", "read_differential", "make_plots", "plot_precision_vs_brightness", "plot_transit_fit",
+    "write_exports", "write_juliet", "write_aavso", "fit_transit", "run_transit_fit", "read_precision_metrics",
+    "MissingProductError", "ProductError",
+]
