@@ -277,7 +277,7 @@ def night_products(wildcards):
 
 
 def calib_params(kind):
-    """Clip parameters and fallback settings of one master type for a night."""
+    """Clip parameters of one master type for a night."""
 
     def params(wildcards):
         cal = night_cfg(wildcards.night)["calibration_params"]
@@ -291,17 +291,12 @@ def calib_params(kind):
 
 
 def fallback_params(wildcards):
-    """Everything the fallback chain needs: earlier nights, master_flats.yaml, backups."""
-    cal = night_cfg(wildcards.night)["calibration_params"]
+    """What the fallback chain needs: the night's calibration_params and where to look."""
     return dict(
         night=wildcards.night,
-        work_root=WORK,
-        max_days=cal["fallback_max_days"],
+        calibration_params=night_cfg(wildcards.night)["calibration_params"],
+        search_roots=[WORK, RESULTS],
         master_flats_file=config["master_flats_file"],
-        force_backup_flats=cal["force_backup_flats"],
-        backup_master_bias=cal["backup_master_bias"],
-        backup_master_dark=cal["backup_master_dark"],
-        backup_master_flats=cal["backup_master_flats"],
     )
 
 

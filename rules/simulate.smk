@@ -9,5 +9,6 @@ rule simulate_demo:
         "../envs/bandersnake.yaml"
     params:
         instrument=lambda w: instrument_cfg("SPIRIT2_20251215"),
+        overrides=config["simulate"],
     script:
         "../workflow/scripts/simulate_demo.py"

@@ -6,4 +6,4 @@ from bandersnake.simulate import demo_config, simulate_night
 with log_to(snakemake.log[0]):
     # output.raw is <raw_root>/<INST>/images/<YYYYMMDD>
     raw_root = Path(snakemake.output.raw).parents[2]
-    simulate_night(raw_root, snakemake.output.truth, demo_config(), snakemake.params.instrument)
+    simulate_night(raw_root, snakemake.output.truth, demo_config(**snakemake.params.overrides), snakemake.params.instrument)

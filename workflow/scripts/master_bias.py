@@ -1,0 +1,13 @@
+from bandersnake.calib import Fallback, build_master_bias
+from bandersnake.logs import log_to
+
+with log_to(snakemake.log[0]):
+    build_master_bias(
+        list(snakemake.input.frames),
+        snakemake.output[0],
+        snakemake.params.instrument,
+        **snakemake.params.combine,
+        memory_mb=snakemake.params.memory_mb,
+        fallback=Fallback.from_settings(**snakemake.params.fallback),
+        threads=snakemake.threads,
+    )

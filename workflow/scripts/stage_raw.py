@@ -1,0 +1,6 @@
+from bandersnake.inventory import read_inventory
+from bandersnake.logs import log_to
+from bandersnake.staging import frames_to_stage, stage_frames
+
+with log_to(snakemake.log[0]):
+    stage_frames(frames_to_stage(read_inventory(snakemake.input.inventory)), snakemake.output[0])
