@@ -4,12 +4,12 @@ rule master_bias:
         frames=calib_frames("bias"),
     output:
         work("{night}/calib/master_bias.fits"),
-    conda:
-        "../envs/bandersnake.yaml"
     log:
         logs("{night}/logs/master_bias.log"),
     benchmark:
         bench("{night}/benchmarks/master_bias.tsv")
+    conda:
+        "../envs/bandersnake.yaml"
     resources:
         mem_mb=config["processing"]["combine_memory_mb"] + 512,
     params:
@@ -28,12 +28,12 @@ rule master_dark:
         bias=work("{night}/calib/master_bias.fits"),
     output:
         work("{night}/calib/master_dark.fits"),
-    conda:
-        "../envs/bandersnake.yaml"
     log:
         logs("{night}/logs/master_dark.log"),
     benchmark:
         bench("{night}/benchmarks/master_dark.tsv")
+    conda:
+        "../envs/bandersnake.yaml"
     resources:
         mem_mb=config["processing"]["combine_memory_mb"] + 512,
     params:
@@ -54,12 +54,12 @@ rule master_flat:
         dark=work("{night}/calib/master_dark.fits"),
     output:
         work("{night}/calib/master_flat_{filter}.fits"),
-    conda:
-        "../envs/bandersnake.yaml"
     log:
         logs("{night}/logs/master_flat_{filter}.log"),
     benchmark:
         bench("{night}/benchmarks/master_flat_{filter}.tsv")
+    conda:
+        "../envs/bandersnake.yaml"
     resources:
         mem_mb=config["processing"]["combine_memory_mb"] + 512,
     params:
@@ -85,10 +85,10 @@ rule bad_pixel_map:
         ],
     output:
         work("{night}/calib/bad_pixel_map.fits"),
-    conda:
-        "../envs/bandersnake.yaml"
     log:
         logs("{night}/logs/bad_pixel_map.log"),
+    conda:
+        "../envs/bandersnake.yaml"
     params:
         hot_sigma=lambda w: night_cfg(w.night)["calibration_params"]["hot_pixel_sigma"],
         low_threshold=lambda w: night_cfg(w.night)["calibration_params"][

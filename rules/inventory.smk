@@ -5,10 +5,10 @@ checkpoint inventory:
     output:
         table=work("{night}/calib/inventory.ecsv"),
         lists=directory(work("{night}/calib/lists")),
-    conda:
-        "../envs/bandersnake.yaml"
     log:
         logs("{night}/logs/inventory.log"),
+    conda:
+        "../envs/bandersnake.yaml"
     params:
         instrument=lambda w: instrument_cfg(w.night),
         run=lambda w: night_cfg(w.night)["instrument_settings"]["run"],

@@ -6,6 +6,11 @@ PHOTOMETRY_OUTPUTS = dict(
     ),
 )
 
+# Calibrated frames written by the streaming pass when asked to (a declared product, not temp).
+STREAMING_OUTPUTS = dict(PHOTOMETRY_OUTPUTS)
+if config["processing"]["save_reduced_frames"]:
+    STREAMING_OUTPUTS["calibrated"] = directory(work("{night}/{target}/calibrated"))
+
 if config["processing"]["path"] == "streaming":
 
     ruleorder: photometry_streaming > photometry_from_reduced
@@ -22,19 +27,18 @@ rule photometry_streaming:
         frames=science_frames,
         targets=config["targets_file"],
     output:
-        **PHOTOMETRY_OUTPUTS,
-    conda:
-        "../envs/bandersnake.yaml"
+        **STREAMING_OUTPUTS,
     log:
         logs("{night}/logs/photometry_streaming_{target}.log"),
     benchmark:
         bench("{night}/benchmarks/photometry_streaming_{target}.tsv")
+    conda:
+        "../envs/bandersnake.yaml"
     threads: config["processing"]["threads"]
     params:
         instrument=lambda w: instrument_cfg(w.night),
         settings=photometry_params,
-        save_reduced=config["processing"]["save_reduced_frames"],
-        reduced_dir=lambda w: work(f"{w.night}/{w.target}/reduced"),
+        out_dir=lambda w: work(f"{w.night}/{w.target}"),
     script:
         "../workflow/scripts/photometry_streaming.py"
 
@@ -46,12 +50,12 @@ rule reduce_science:
         frames=science_frames,
     output:
         temp(directory(work("{night}/{target}/reduced"))),
-    conda:
-        "../envs/bandersnake.yaml"
     log:
         logs("{night}/logs/reduce_science_{target}.log"),
     benchmark:
         bench("{night}/benchmarks/reduce_science_{target}.tsv")
+    conda:
+        "../envs/bandersnake.yaml"
     threads: config["processing"]["threads"]
     params:
         instrument=lambda w: instrument_cfg(w.night),
@@ -67,12 +71,12 @@ rule photometry_from_reduced:
         targets=config["targets_file"],
     output:
         **PHOTOMETRY_OUTPUTS,
-    conda:
-        "../envs/bandersnake.yaml"
     log:
         logs("{night}/logs/photometry_from_reduced_{target}.log"),
     benchmark:
         bench("{night}/benchmarks/photometry_from_reduced_{target}.tsv")
+    conda:
+        "../envs/bandersnake.yaml"
     threads: config["processing"]["threads"]
     params:
         instrument=lambda w: instrument_cfg(w.night),

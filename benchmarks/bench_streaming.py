@@ -1,0 +1,186 @@
+"""Benchmark of the streaming core against the floor (reading) and a photutils pipeline.
+
+For each frame shape (1024x1024 and 1280x1024), over the same N simulated frames (uint16 with
+BZERO, 12 Moffat stars on Gaussian noise, written to a temporary folder), in one process:
+
+(a) astropy open + read of every frame (the floor);
+(b) photutils path: read, full-frame numpy calibration, photutils exact apertures (11 radii) and
+    sigma-clipped annulus statistics (ApertureStats) at the true positions;
+(c) bandersnake.photometry.run_streaming on one numba thread (reading, centroids, all
+    apertures, tables);
+(d) the same on two threads;
+(e) the kernel alone on frames already in memory (where the time goes).
+
+Prints frames/s (median of repeats) and the ratios. Usage::
+
+    PYTHONPATH=workflow python benchmarks/bench_streaming.py [--quick] [--frames N] [--repeats R]
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "workflow"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from _streaming_synth import add_moffat  # noqa: E402
+
+N_STARS = 12
+RADII = np.arange(2, 13, dtype=float)
+R_IN, R_OUT = 15.0, 25.0
+GAIN, RN = 2.0, 8.0
+
+
+def make_frames(folder, shape, n, rng):
+    """Write masters and n raw frames; return (raw paths, masters dict, star positions)."""
+    folder.mkdir(parents=True)
+    ny, nx = shape
+    bias = (1000 + rng.normal(0, 1, shape)).astype(np.float32)
+    dark = np.full(shape, 0.05, np.float32)
+    flat = (1 + rng.normal(0, 0.005, shape)).astype(np.float32)
+    bpm = np.zeros(shape, np.uint8)
+    bpm[rng.integers(0, ny, 300), rng.integers(0, nx, 300)] = 1
+    masters = {}
+    for name, arr in (("bias", bias), ("dark", dark), ("flat", flat), ("bpm", bpm)):
+        masters[name] = str(folder / f"{name}.fits")
+        fits.writeto(masters[name], arr)
+    pos = np.column_stack([rng.uniform(60, nx - 60, N_STARS), rng.uniform(60, ny - 60, N_STARS)])
+    stars = np.zeros(shape)
+    for (x, y), f in zip(pos, rng.uniform(2e4, 3e5, N_STARS)):
+        add_moffat(stars, x, y, f, half=25)
+    base = (stars + 600.0) * flat + dark * 30 * GAIN
+    paths = []
+    for k in range(n):
+        # Gaussian approximation of the Poisson noise keeps generation fast.
+        e = base + rng.normal(0, 1, shape) * np.sqrt(base + RN ** 2)
+        adu = np.clip(np.round(e / GAIN + bias), 0, 65535).astype(np.uint16)
+        hdr = fits.Header({"EXPTIME": 30.0, "DATE-OBS": f"2025-06-02T04:{k // 60 % 60:02d}:{k % 60:02d}.000",
+                           "RA": "16 02 11.83", "DEC": "+28 10 10.7", "AIRMASS": 1.1})
+        p = folder / f"f{k:04d}.fits"
+        fits.writeto(p, adu, hdr)
+        paths.append(str(p))
+    return paths, masters, pos
+
+
+def floor_read(paths):
+    for p in paths:
+        with fits.open(p, memmap=False) as h:
+            d = h[0].data
+            _ = h[0].header["EXPTIME"]
+    return d
+
+
+def photutils_path(paths, masters, pos):
+    from astropy.stats import SigmaClip
+    from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
+
+    bias, dark, flat = (fits.getdata(masters[k]).astype(np.float64) for k in ("bias", "dark", "flat"))
+    sc = SigmaClip(sigma=3.0, maxiters=5)
+    apers = [CircularAperture(pos, r) for r in RADII]
+    ann = CircularAnnulus(pos, R_IN, R_OUT)
+    for p in paths:
+        with fits.open(p, memmap=False) as h:
+            raw = h[0].data.astype(np.float64)
+            t = h[0].header["EXPTIME"]
+        sci = ((raw - bias) * GAIN - dark * t * GAIN) / flat
+        err = np.sqrt(np.maximum((raw - bias) * GAIN, 0) + RN ** 2) / flat
+        phot = aperture_photometry(sci, apers, error=err, method="exact")
+        sky = ApertureStats(sci, ann, sigma_clip=sc).mean
+        _ = [phot[f"aperture_sum_{k}"] - sky * a.area for k, a in enumerate(apers)]
+
+
+def settings():
+    return {"centroid_settings": {"boxsize": 17, "reacquire_radius": 40},
+            "photometry_settings": {"aper_min": 2, "aper_max": 12, "SKYRAD_inner": R_IN, "SKYRAD_outer": R_OUT}}
+
+
+def inst(shape):
+    return {"name": "BENCH", "shape": list(shape), "gain_e_per_adu": GAIN, "read_noise_e": RN,
+            "saturation_adu": 60000, "keywords": {}, "date_obs_is": "start",
+            "site": {"latitude_deg": 32.78, "longitude_deg": -105.82, "altitude_m": 2788}}
+
+
+def streaming(paths, masters, pos, shape, threads, out):
+    from bandersnake.photometry import run_streaming
+    from bandersnake.targets import TargetEntry
+
+    run_streaming(paths, masters, inst(shape), settings(), TargetEntry("B", pos, 0), out, threads=threads)
+
+
+def kernel_only(frames, cal, pos, threads):
+    """Kernel on frames already read (float32 ADU): the compute part of (c)/(d)."""
+    from bandersnake import kernel as K
+    from bandersnake.photometry import CoreSettings, _FrameRunner, _set_threads
+    from bandersnake.targets import TargetEntry
+
+    _set_threads(threads)
+    runner = _FrameRunner(TargetEntry("B", pos, 0), CoreSettings.from_night(settings()), cal, len(frames))
+    for k, fr in enumerate(frames):
+        runner.run(k, K.MODE_RAW, raw=fr.data, offset=0.0, exptime=fr.exptime)
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="30 frames, 1 repeat, one shape (development)")
+    ap.add_argument("--frames", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--photutils-frames", type=int, default=30, help="frames for the slow path (b)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.frames, args.repeats, args.photutils_frames = 30, 1, 10
+    shapes = [(1024, 1024)] if args.quick else [(1024, 1024), (1024, 1280)]
+    warnings.simplefilter("ignore")
+    import logging
+    logging.basicConfig(level=logging.ERROR)
+    from bandersnake.reduce import load_calibration, read_raw
+
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:
+        for shape in shapes:
+            folder = Path(tmp) / f"{shape[1]}x{shape[0]}"
+            t0 = time.perf_counter()
+            paths, masters, pos = make_frames(folder, shape, args.frames, rng)
+            print(f"\n== {shape[1]}x{shape[0]}: {args.frames} frames, {N_STARS} stars, {len(RADII)} apertures "
+                  f"(generated in {time.perf_counter() - t0:.0f} s)")
+            streaming(paths[:3], masters, pos, shape, 1, folder / "warm")     # compile / load numba cache
+            n, nb = len(paths), min(args.photutils_frames, len(paths))
+            ta = timed(lambda: floor_read(paths), args.repeats)
+            tb = timed(lambda: photutils_path(paths[:nb], masters, pos), max(1, args.repeats // 2)) * n / nb
+            tc = timed(lambda: streaming(paths, masters, pos, shape, 1, folder / "c"), args.repeats)
+            td = timed(lambda: streaming(paths, masters, pos, shape, 2, folder / "d"), args.repeats)
+            cal = load_calibration(masters, inst(shape))
+            tr = timed(lambda: [read_raw(p, inst(shape), cal.shape) for p in paths], args.repeats)
+            frames = [read_raw(p, inst(shape), cal.shape) for p in paths]
+            te1 = timed(lambda: kernel_only(frames, cal, pos, 1), args.repeats)
+            te2 = timed(lambda: kernel_only(frames, cal, pos, 2), args.repeats)
+            fps = lambda t: n / t
+            print(f"(a) astropy open+read (floor)    {fps(ta):8.1f} frames/s")
+            print(f"(b) photutils path ({nb} frames)   {fps(tb):8.1f} frames/s")
+            print(f"(c) streaming, 1 thread          {fps(tc):8.1f} frames/s")
+            print(f"(d) streaming, 2 threads         {fps(td):8.1f} frames/s")
+            print(f"    read_raw (astropy + float32) {fps(tr):8.1f} frames/s")
+            print(f"(e) kernel only, 1 / 2 threads   {fps(te1):8.1f} / {fps(te2):.1f} frames/s")
+            print(f"ratios: (c) vs (b) speed-up {tb / tc:6.1f}x (goal >= 25x); (c) time / (a) time "
+                  f"{tc / ta:5.2f} (goal <= 1.5); (d) vs (c) {tc / td:4.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

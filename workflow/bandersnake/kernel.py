@@ -1,0 +1,407 @@
+"""Numba per-frame kernel: calibrate only the pixels needed, centroid, and sum all apertures.
+
+One call of :func:`process_frame` handles one science frame:
+
+1. Tracking star: a stamp (half-width ``boxsize``) around its predicted position (reference
+   position + the previous frame's offset) is calibrated and centroided (largest component).
+   If no component is found, or it touches the stamp border, the search is widened to
+   ``reacquire_radius``. The star lost in both: bit 1 and the previous offset is kept.
+2. Every star (``prange``): stamp at reference + offset, centroid on its central component,
+   optional windowed refinement, stamp diagnostics.
+3. Every star (``prange``): photometry window around the final centroid, sigma-clipped annulus
+   sky, exact-overlap sums for every radius.
+
+``mode`` selects where calibrated pixel values come from: ``MODE_RAW`` calibrates raw ADU on the
+fly (streaming), ``MODE_REDUCED`` copies them from a calibrated frame held in memory
+(traditional path, or streaming when calibrated frames are saved). Both go through
+:func:`calib_pixel` and round values through float32 exactly as the SCI/ERR extensions store
+them, so the two paths see bit-identical float64 inputs and give identical tables.
+
+Calibration of one pixel (ADU -> e-)::
+
+    c   = (raw - offset - bias) * gain              # e-, signal*flat + dark
+    sci = (c - dark * exptime * gain) / flat        # e-
+    err = sqrt(max(c, 0) + read_noise**2) / flat    # e-: Poisson (signal + dark) and read noise
+
+A bad pixel (``MASK_BAD`` in the static mask: hot, dead, invalid flat) takes the mean of its
+usable 8 neighbours (``err``: root-mean-square of theirs), as bandersnatch's interpolation.
+"""
+
+import math
+
+import numba
+import numpy as np
+from numba import prange
+
+
+
+from .aperture import (MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, aperture_sums, annulus_values,
+                       clipped_stats)
+from .centroid import (CHOOSE_CENTRAL, CHOOSE_LARGEST, find_component, refine_sigma,
+                       stamp_diagnostics, stamp_sky, windowed_centroid)
+
+MODE_RAW = 0
+MODE_REDUCED = 1
+
+# Integer parameters (ipar) and float parameters (fpar) of process_frame.
+IP_BOXSIZE, IP_REACQ, IP_NLIMIT, IP_REFINE, IP_MASKCPIX, IP_STAMPS, IP_SKYITERS, IP_SKYSUPP = range(8)
+FP_CLIP, FP_SKYSIGMA, FP_FLUXABOVE, FP_RIN, FP_ROUT, FP_SKYCLIP, FP_JUMP = range(7)
+
+# Columns of cent_out and phot_out.
+C_XC, C_YC, C_XW, C_YW, C_PX, C_PY, C_PV, C_NABOVE, C_N3, C_N5, C_N10 = range(11)
+N_CENT = 11
+P_FLUX, P_FLUXERR, P_SKY, P_SKYERR, P_NBAD, P_NSKY, P_AREA = range(7)
+N_PHOT = 7
+
+FLAG_LOST = 1
+FLAG_OFFCHIP = 2
+FLAG_SATURATED = 4
+FLAG_BADPIX = 8
+FLAG_NAN = 16
+FLAG_CORRUPT = 32
+FLAG_REACQUIRED = 64
+
+
+@numba.njit(cache=True, inline="always")
+def _calib_one(raw, bias, dark, flat, y, x, offset, exptime, gain, rn2):
+    r = np.float64(raw[y, x])
+    f = np.float64(flat[y, x])
+    c = (r - offset - np.float64(bias[y, x])) * gain
+    sci = (c - np.float64(dark[y, x]) * exptime * gain) / f
+    err = math.sqrt(max(c, 0.0) + rn2) / f
+    return sci, err
+
+
+@numba.njit(cache=True)
+def calib_bad(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2):
+    """Mean of the usable 8 neighbours (value) and their root-mean-square error, or NaN."""
+    ny, nx = raw.shape
+    s = 0.0
+    se2 = 0.0
+    k = 0
+    for yy in range(y - 1, y + 2):
+        for xx in range(x - 1, x + 2):
+            if (yy == y and xx == x) or yy < 0 or xx < 0 or yy >= ny or xx >= nx:
+                continue
+            if smask[yy, xx] & MASK_BAD or math.isnan(np.float64(raw[yy, xx])):
+                continue
+            v, e = _calib_one(raw, bias, dark, flat, yy, xx, offset, exptime, gain, rn2)
+            s += v
+            se2 += e * e
+            k += 1
+    if k == 0:
+        return np.nan, np.nan
+    return s / k, math.sqrt(se2 / k)
+
+
+@numba.njit(cache=True, inline="always")
+def calib_pixel(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2, sat):
+    """Calibrated value, error (e-, float64) and mask bits of raw pixel ``(x, y)``.
+
+    Bad pixels (``MASK_BAD``) come out with their plain calibrated value: callers replace it
+    with :func:`calib_bad` in a second pass (a call in this hot path makes it ~30x slower).
+    """
+    m = smask[y, x]
+    r = np.float64(raw[y, x])
+    if r >= sat:
+        m |= MASK_SATURATED
+    if math.isnan(r):
+        return np.nan, np.nan, m
+    sci, err = _calib_one(raw, bias, dark, flat, y, x, offset, exptime, gain, rn2)
+    return sci, err, m
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def calibrate_full(raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
+                   sci_out, err_out, msk_out):
+    """Calibrate a whole frame into float32 SCI/ERR (e-) and uint8 MASK arrays (rows in parallel)."""
+    ny, nx = raw.shape
+    for y in prange(ny):
+        for x in range(nx):
+            s, e, m = calib_pixel(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2, sat)
+            sci_out[y, x] = np.float32(s)
+            err_out[y, x] = np.float32(e)
+            msk_out[y, x] = m
+        for x in range(nx):
+            if smask[y, x] & MASK_BAD:
+                s, e = calib_bad(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2)
+                sci_out[y, x] = np.float32(s)
+                err_out[y, x] = np.float32(e)
+
+
+@numba.njit(cache=True)
+def fill_window(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
+                sci_f, err_f, msk_f, ny, nx, ox, oy, sci_w, err_w, msk_w):
+    """Fill a window (origin ``(ox, oy)``) with calibrated float64 values rounded through float32."""
+    h, w = sci_w.shape
+    for j in range(h):
+        y = oy + j
+        for i in range(w):
+            x = ox + i
+            if y < 0 or x < 0 or y >= ny or x >= nx:
+                sci_w[j, i] = np.nan
+                err_w[j, i] = np.nan
+                msk_w[j, i] = MASK_OUTSIDE
+            elif mode == MODE_RAW:
+                s, e, m = calib_pixel(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2, sat)
+                sci_w[j, i] = np.float64(np.float32(s))
+                err_w[j, i] = np.float64(np.float32(e))
+                msk_w[j, i] = m
+            else:
+                sci_w[j, i] = np.float64(sci_f[y, x])
+                err_w[j, i] = np.float64(err_f[y, x])
+                msk_w[j, i] = msk_f[y, x]
+    if mode == MODE_RAW:
+        for j in range(h):
+            for i in range(w):
+                if msk_w[j, i] & MASK_BAD and not msk_w[j, i] & MASK_OUTSIDE:
+                    s, e = calib_bad(raw, bias, dark, flat, smask, oy + j, ox + i, offset, exptime, gain, rn2)
+                    sci_w[j, i] = np.float64(np.float32(s))
+                    err_w[j, i] = np.float64(np.float32(e))
+
+
+@numba.njit(cache=True)
+def _search(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
+            sci_f, err_f, msk_f, ny, nx, tx, ty, half, clip, nlimit, sky_sigma):
+    """Centroid the largest component in a stamp of half-width ``half`` around (tx, ty)."""
+    n = 2 * half + 1
+    ox = int(round(tx)) - half
+    oy = int(round(ty)) - half
+    sci = np.empty((n, n))
+    err = np.empty((n, n))
+    msk = np.empty((n, n), np.uint8)
+    fill_window(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
+                sci_f, err_f, msk_f, ny, nx, ox, oy, sci, err, msk)
+    sky, sd = stamp_sky(sci, msk, clip, nlimit)
+    if math.isnan(sky):
+        return 0, np.nan, np.nan, False
+    labels = np.empty((n, n), np.int64)
+    lab, cx, cy, xw, yw, npix, touches, nsat = find_component(sci, msk, ox, oy, tx, ty, sky, sd,
+                                                              sky_sigma, CHOOSE_LARGEST, labels)
+    return lab, cx, cy, touches
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def process_frame(mode, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
+                  offset, exptime, gain, read_noise, sat,
+                  ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, radii,
+                  cent_out, cflag, phot_out, pflag, stamps, stamp_org, comp, state):
+    """Centroids and multi-aperture photometry of all stars of one frame.
+
+    Parameters
+    ----------
+    mode : int
+        ``MODE_RAW`` (calibrate ``raw`` ADU with the masters) or ``MODE_REDUCED`` (read
+        ``sci_f``/``err_f``/``msk_f``, float32 e- and uint8 mask). Unused arrays may be 1x1.
+    bias, dark, flat, smask : 2-D arrays
+        Master bias (ADU), dark (ADU/s), flat (normalised) and static mask (``MASK_*``).
+    offset : float
+        Scalar subtracted from raw values before the bias (overscan level, ADU).
+    exptime : float
+        Exposure time (s).
+    gain : float
+        e-/ADU.
+    read_noise : float
+        e-.
+    sat : float
+        Saturation level (raw ADU).
+    ref_x, ref_y : 1-D float64
+        Reference star positions (px, 0-based).
+    track : int
+        Index of the tracking star.
+    prev_dx, prev_dy : float
+        Offset of the field found in the previous frame (px).
+    ipar, fpar : 1-D int64 / float64
+        Parameters, indices ``IP_*`` / ``FP_*``.
+    radii : 1-D float64
+        Aperture radii (px).
+    cent_out : (n_stars, N_CENT) float64, cflag : (n_stars,) int32
+    phot_out : (n_ap, n_stars, N_PHOT) float64, pflag : (n_ap, n_stars) int32
+    stamps : (n_stars, 2b+1, 2b+1) float32, stamp_org : (n_stars, 2) int64
+        Centroid stamps (written when ``ipar[IP_STAMPS]``) and their origins (x, y).
+    comp : (n_stars, 2b+1, 2b+1) uint8
+        Work array: centroid component of each star.
+    state : (3,) float64
+        Out: field offset dx, dy (px) and the frame flag bits.
+    """
+    if mode == MODE_RAW:
+        ny, nx = raw.shape
+    else:
+        ny, nx = sci_f.shape
+    b = ipar[IP_BOXSIZE]
+    reacq = ipar[IP_REACQ]
+    nlimit = ipar[IP_NLIMIT]
+    refine = ipar[IP_REFINE] != 0
+    mask_cpix = ipar[IP_MASKCPIX] != 0
+    clip = fpar[FP_CLIP]
+    sky_sigma = fpar[FP_SKYSIGMA]
+    rn2 = read_noise * read_noise
+    n_stars = ref_x.shape[0]
+    nap = radii.shape[0]
+
+    # 1. Tracking star -> rigid offset of the field.
+    tx = ref_x[track] + prev_dx
+    ty = ref_y[track] + prev_dy
+    lab, cx, cy, touches = _search(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
+                                   sci_f, err_f, msk_f, ny, nx, tx, ty, b, clip, nlimit, sky_sigma)
+    frame_flag = 0
+    widened = False
+    if (lab == 0 or touches) and reacq > b:
+        lab2, cx2, cy2, touches2 = _search(mode, raw, bias, dark, flat, smask, offset, exptime, gain,
+                                           rn2, sat, sci_f, err_f, msk_f, ny, nx, tx, ty, reacq,
+                                           clip, nlimit, sky_sigma)
+        if lab2 > 0:
+            lab, cx, cy = lab2, cx2, cy2
+            widened = True
+    if lab > 0:
+        dx = cx - ref_x[track]
+        dy = cy - ref_y[track]
+        if widened or math.hypot(cx - tx, cy - ty) >= fpar[FP_JUMP]:
+            frame_flag |= FLAG_REACQUIRED
+    else:
+        dx = prev_dx
+        dy = prev_dy
+        frame_flag |= FLAG_LOST
+    state[0] = dx
+    state[1] = dy
+    state[2] = frame_flag
+
+    # 2. Per-star centroids on stamps at the rigidly shifted positions.
+    n = 2 * b + 1
+    for s in prange(n_stars):
+        px = ref_x[s] + dx
+        py = ref_y[s] + dy
+        ox = int(round(px)) - b
+        oy = int(round(py)) - b
+        stamp_org[s, 0] = ox
+        stamp_org[s, 1] = oy
+        sci = np.empty((n, n))
+        err = np.empty((n, n))
+        msk = np.empty((n, n), np.uint8)
+        fill_window(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
+                    sci_f, err_f, msk_f, ny, nx, ox, oy, sci, err, msk)
+        if ipar[IP_STAMPS]:
+            for j in range(n):
+                for i in range(n):
+                    stamps[s, j, i] = np.float32(sci[j, i])
+        flag = frame_flag
+        sky, sd = stamp_sky(sci, msk, clip, nlimit)
+        pxk, pyk, pv, na, n3, n5, n10, nnan, nout = stamp_diagnostics(sci, msk, ox, oy, sky, sd,
+                                                                      fpar[FP_FLUXABOVE])
+        labels = np.zeros((n, n), np.int64)
+        lab_s = 0
+        ccx = np.nan
+        ccy = np.nan
+        xw = np.nan
+        yw = np.nan
+        nsat = 0
+        if not math.isnan(sky):
+            lab_s, ccx, ccy, xw, yw, npix, tch, nsat = find_component(sci, msk, ox, oy, px, py, sky, sd,
+                                                                      sky_sigma, CHOOSE_CENTRAL, labels)
+        xc = px
+        yc = py
+        if lab_s > 0 and refine:
+            xc = ccx
+            yc = ccy
+            ok, rx, ry = windowed_centroid(sci, msk, ox, oy, ccx, ccy, sky, refine_sigma(xw, yw),
+                                           50, float(b))
+            if ok:
+                xc = rx
+                yc = ry
+        for j in range(n):
+            for i in range(n):
+                comp[s, j, i] = 1 if (lab_s > 0 and labels[j, i] == lab_s) else 0
+        if nsat > 0:
+            flag |= FLAG_SATURATED
+        if nnan > 0:
+            flag |= FLAG_NAN
+        if xc < -0.5 or yc < -0.5 or xc > nx - 0.5 or yc > ny - 0.5:
+            flag |= FLAG_OFFCHIP
+        elif lab_s > 0:
+            for j in range(n):
+                for i in range(n):
+                    if comp[s, j, i] and (ox + i == 0 or oy + j == 0 or ox + i == nx - 1 or oy + j == ny - 1):
+                        flag |= FLAG_OFFCHIP
+        cent_out[s, C_XC] = xc
+        cent_out[s, C_YC] = yc
+        cent_out[s, C_XW] = xw
+        cent_out[s, C_YW] = yw
+        cent_out[s, C_PX] = pxk
+        cent_out[s, C_PY] = pyk
+        cent_out[s, C_PV] = pv
+        cent_out[s, C_NABOVE] = na
+        cent_out[s, C_N3] = n3
+        cent_out[s, C_N5] = n5
+        cent_out[s, C_N10] = n10
+        cflag[s] = flag
+
+    # 3. Photometry around the final centroids.
+    r_in = fpar[FP_RIN]
+    r_out = fpar[FP_ROUT]
+    half = int(math.ceil(max(r_out, radii.max()))) + 1
+    m = 2 * half + 1
+    for s in prange(n_stars):
+        xc = cent_out[s, C_XC]
+        yc = cent_out[s, C_YC]
+        ox = int(round(xc)) - half
+        oy = int(round(yc)) - half
+        sci = np.empty((m, m))
+        err = np.empty((m, m))
+        msk = np.empty((m, m), np.uint8)
+        fill_window(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
+                    sci_f, err_f, msk_f, ny, nx, ox, oy, sci, err, msk)
+        excl = np.zeros((m, m), np.bool_)
+        if mask_cpix:
+            # Pixels of any star's centroid component are left out of this star's sky.
+            for t in range(n_stars):
+                tox = stamp_org[t, 0]
+                toy = stamp_org[t, 1]
+                for j in range(n):
+                    yy = toy + j - oy
+                    if yy < 0 or yy >= m:
+                        continue
+                    for i in range(n):
+                        xx = tox + i - ox
+                        if 0 <= xx < m and comp[t, j, i]:
+                            excl[yy, xx] = True
+        buf = np.empty(m * m)
+        nsky, nan_ann = annulus_values(sci, msk, excl, ox, oy, xc, yc, r_in, r_out, buf)
+        sky, med, sky_sd, nused = clipped_stats(buf, nsky, fpar[FP_SKYCLIP], ipar[IP_SKYITERS])
+        sums = np.empty(nap)
+        area = np.empty(nap)
+        var = np.empty(nap)
+        nbad = np.empty(nap, np.int64)
+        nsatp = np.empty(nap, np.int64)
+        nnanp = np.empty(nap, np.int64)
+        noutp = np.empty(nap, np.int64)
+        aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, sums, area, var, nbad, nsatp, nnanp, noutp)
+        for k in range(nap):
+            flag = frame_flag
+            if noutp[k] > 0:
+                flag |= FLAG_OFFCHIP
+            if nsatp[k] > 0:
+                flag |= FLAG_SATURATED
+            if nbad[k] > 0:
+                flag |= FLAG_BADPIX
+            if nnanp[k] > 0 or nan_ann > 0:
+                flag |= FLAG_NAN
+            if ipar[IP_SKYSUPP]:
+                flux = sums[k]
+                fvar = var[k]
+            elif nused > 0:
+                flux = sums[k] - sky * area[k]
+                fvar = var[k] + area[k] * area[k] * sky_sd * sky_sd / nused
+            else:
+                flux = np.nan
+                fvar = np.nan
+            if nnanp[k] > 0 or area[k] <= 0.0:
+                flux = np.nan
+                fvar = np.nan
+            phot_out[k, s, P_FLUX] = flux
+            phot_out[k, s, P_FLUXERR] = math.sqrt(fvar) if fvar >= 0.0 else np.nan
+            phot_out[k, s, P_SKY] = 0.0 if ipar[IP_SKYSUPP] else sky
+            phot_out[k, s, P_SKYERR] = sky_sd
+            phot_out[k, s, P_NBAD] = nbad[k]
+            phot_out[k, s, P_NSKY] = nused
+            phot_out[k, s, P_AREA] = area[k]
+            pflag[k, s] = flag
