@@ -23,13 +23,24 @@ def describe_master(path):
     return f"{Path(path).name}: " + ", ".join(parts)
 
 
+FLAG_NAMES = {1: "tracking lost", 2: "off chip", 4: "saturated", 8: "bad pixel", 16: "NaN",
+              32: "corrupt frame", 64: "re-acquired"}
+
+
 def describe_table(path):
-    """Rows and flagged fraction of a centroid or photometry table."""
+    """Rows of a centroid or photometry table and, per flag bit, the stars flagged in how many frames."""
     table = Table.read(path)
     line = f"{Path(path).name}: {len(table)} frames"
     if "flag" in table.colnames and len(table):
-        flags = np.asarray(table["flag"])
-        line += f", {int((flags != 0).any(axis=-1).sum())} with a flagged star"
+        flags = np.atleast_2d(np.asarray(table["flag"]).T).T
+        parts = []
+        for bit, name in FLAG_NAMES.items():
+            frames_per_star = ((flags & bit) > 0).sum(axis=0)
+            stars = {i: int(n) for i, n in enumerate(frames_per_star) if n}
+            if stars:
+                parts.append(f"{name}: " + " ".join(f"star{i}x{n}" for i, n in stars.items()))
+        if parts:
+            line += " (" + "; ".join(parts) + ")"
     return line
 
 
