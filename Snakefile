@@ -25,6 +25,10 @@ include: "rules/simulate.smk"
 include: "rules/inventory.smk"
 include: "rules/calibration.smk"
 include: "rules/photometry.smk"
+include: "rules/calibrated.smk"
+include: "rules/astrometry.smk"
+include: "rules/kbmod.smk"
+include: "rules/analysis.smk"
 include: "rules/publish.smk"
 
 

@@ -9,14 +9,17 @@ BZERO, 12 Moffat stars on Gaussian noise, written to a temporary folder), in one
 (c) bandersnake.photometry.run_streaming on one numba thread (reading, centroids, all
     apertures, tables);
 (d) the same on two threads;
-(e) the kernel alone on frames already in memory (where the time goes).
+(e) the kernel alone on frames already in memory (where the time goes),
 
-Prints frames/s (median of repeats) and the ratios. Usage::
+then a per-stage breakdown of (c): masters, reading, kernel, tables (fixed per night).
+Prints frames/s (median of repeats), the ratios and the load average (the machine is shared:
+compare ratios measured in the same run, not absolute rates). Usage::
 
     PYTHONPATH=workflow python benchmarks/bench_streaming.py [--quick] [--frames N] [--repeats R]
 """
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -116,15 +119,48 @@ def streaming(paths, masters, pos, shape, threads, out):
 
 
 def kernel_only(frames, cal, pos, threads):
-    """Kernel on frames already read (float32 ADU): the compute part of (c)/(d)."""
+    """Kernel on frames already read (as read_raw leaves them): the compute part of (c)/(d)."""
     from bandersnake import kernel as K
-    from bandersnake.photometry import CoreSettings, _FrameRunner, _set_threads
+    from bandersnake.photometry import CoreSettings, _FrameRunner
     from bandersnake.targets import TargetEntry
 
-    _set_threads(threads)
+    from bandersnake.photometry import _Measurer
+
     runner = _FrameRunner(TargetEntry("B", pos, 0), CoreSettings.from_night(settings()), cal, len(frames))
-    for k, fr in enumerate(frames):
-        runner.run(k, K.MODE_RAW, raw=fr.data, offset=0.0, exptime=fr.exptime)
+    measurer = _Measurer(runner, threads)
+    try:
+        for k, fr in enumerate(frames):
+            fargs = runner.frame_args(K.MODE_RAW, raw=fr.raw, code=fr.code, offset=0.0, exptime=fr.exptime)
+            runner.track(k, fargs)
+            measurer.submit(k, fargs)
+    finally:
+        measurer.close()
+
+
+class _StageTimer:
+    """Accumulates the time spent in some functions of bandersnake.photometry during a run."""
+
+    def __init__(self):
+        import bandersnake.photometry as P
+
+        self.P = P
+        self.t = {}
+        self.orig = {name: getattr(P, name) for name in ("load_calibration", "_finish")}
+
+    def __enter__(self):
+        for name, fn in self.orig.items():
+            def wrapped(*a, _fn=fn, _name=name, **k):
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    self.t[_name] = self.t.get(_name, 0.0) + time.perf_counter() - t0
+            setattr(self.P, name, wrapped)
+        return self
+
+    def __exit__(self, *exc):
+        for name, fn in self.orig.items():
+            setattr(self.P, name, fn)
 
 
 def timed(fn, repeats):
@@ -152,6 +188,7 @@ def main(argv=None):
     from bandersnake.reduce import load_calibration, read_raw
 
     rng = np.random.default_rng(1)
+    print(f"load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory(prefix="bench_streaming_") as tmp:
         for shape in shapes:
             folder = Path(tmp) / f"{shape[1]}x{shape[0]}"
@@ -163,10 +200,12 @@ def main(argv=None):
             n, nb = len(paths), min(args.photutils_frames, len(paths))
             ta = timed(lambda: floor_read(paths), args.repeats)
             tb = timed(lambda: photutils_path(paths[:nb], masters, pos), max(1, args.repeats // 2)) * n / nb
-            tc = timed(lambda: streaming(paths, masters, pos, shape, 1, folder / "c"), args.repeats)
+            with _StageTimer() as stages:
+                tc = timed(lambda: streaming(paths, masters, pos, shape, 1, folder / "c"), args.repeats)
             td = timed(lambda: streaming(paths, masters, pos, shape, 2, folder / "d"), args.repeats)
             cal = load_calibration(masters, inst(shape))
-            tr = timed(lambda: [read_raw(p, inst(shape), cal.shape) for p in paths], args.repeats)
+            # Frames dropped as read, as in (c) (keeping 200 would time page faults of fresh memory).
+            tr = timed(lambda: [read_raw(p, inst(shape), cal.shape) and None for p in paths], args.repeats)
             frames = [read_raw(p, inst(shape), cal.shape) for p in paths]
             te1 = timed(lambda: kernel_only(frames, cal, pos, 1), args.repeats)
             te2 = timed(lambda: kernel_only(frames, cal, pos, 2), args.repeats)
@@ -175,10 +214,16 @@ def main(argv=None):
             print(f"(b) photutils path ({nb} frames)   {fps(tb):8.1f} frames/s")
             print(f"(c) streaming, 1 thread          {fps(tc):8.1f} frames/s")
             print(f"(d) streaming, 2 threads         {fps(td):8.1f} frames/s")
-            print(f"    read_raw (astropy + float32) {fps(tr):8.1f} frames/s")
+            print(f"    read_raw                     {fps(tr):8.1f} frames/s")
             print(f"(e) kernel only, 1 / 2 threads   {fps(te1):8.1f} / {fps(te2):.1f} frames/s")
             print(f"ratios: (c) vs (b) speed-up {tb / tc:6.1f}x (goal >= 25x); (c) time / (a) time "
-                  f"{tc / ta:5.2f} (goal <= 1.5); (d) vs (c) {tc / td:4.2f}x")
+                  f"{tc / ta:5.2f} (goal <= 1.5); (d) vs (c) {tc / td:4.2f}x; (a) vs (b) {tb / ta:.1f}x")
+            per = lambda t: 1e3 * t / n
+            fixed = {k: v / args.repeats for k, v in stages.t.items()}
+            print(f"where (c)'s {per(tc):.2f} ms/frame go: masters {per(fixed.get('load_calibration', 0)):.2f}, "
+                  f"tables+BJD {per(fixed.get('_finish', 0)):.2f} (fixed per night, spread over {n} frames); "
+                  f"reading {per(tr):.2f} (reader thread), kernel {per(te1):.2f} ms/frame")
+            print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

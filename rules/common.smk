@@ -16,7 +16,16 @@ os.environ.update(
 
 from bandersnake import config as bconfig
 from bandersnake.errors import ConfigError
-from bandersnake.inventory import list_files, raw_files, read_inventory, sanitize_name
+from bandersnake.inventory import (
+    dark_plan,
+    exposure_times,
+    exptime_tag,
+    list_files,
+    list_files_exptime,
+    raw_files,
+    read_inventory,
+    sanitize_name,
+)
 
 
 def _shipped(key):
@@ -41,6 +50,7 @@ NAME_RE = r"[A-Za-z0-9+._-]+"
 
 wildcard_constraints:
     night=NIGHT_RE,
+    exptime=r"[0-9]+(\.[0-9]+)?",
     target=NAME_RE,
     filter=NAME_RE,
     aper=r"[0-9]+",
@@ -96,7 +106,10 @@ def night_cfg(night):
     """Validated settings of a night (night_defaults + config/nights/ files)."""
     try:
         settings = bconfig.night_settings(
-            config["night_defaults"], config["nights_dir"], night
+            config["night_defaults"],
+            config["nights_dir"],
+            night,
+            instrument_cfg(night)["night_settings"],
         )
     except ConfigError as err:
         raise WorkflowError(str(err))
@@ -140,21 +153,37 @@ def night_date(night):
     return bconfig.parse_night_id(night)[1]
 
 
+def instrument_layout(inst):
+    """Raw layout of an instrument: its file's ``raw_layout``, else the workflow's."""
+    try:
+        instrument = bconfig.load_instrument(config["instruments_dir"], inst)
+    except ConfigError as err:
+        raise WorkflowError(str(err))
+    return bconfig.instrument_layout(instrument, config["raw_layout"])
+
+
 def raw_dir(night):
-    return bconfig.raw_night_dir(config["raw_layout"], config["raw_root"], night)
+    """Raw folders of a night (several when its layout holds glob characters, e.g. ASTEP's
+    ``YYYY-MM-DD-CAMS`` and ``YYYY-MM-DD-CAMS_SKYFLAT``)."""
+    inst, _ = bconfig.parse_night_id(night)
+    return bconfig.raw_night_dirs(instrument_layout(inst), config["raw_root"], night)
 
 
 def all_nights():
     """Nights built by the default target: listed in config, else discovered in the raw tree."""
     nights = config["nights"] or bconfig.discover_nights(
-        config["raw_layout"], config["raw_root"], instruments()
+        config["raw_layout"],
+        config["raw_root"],
+        instruments(),
+        layouts={inst: instrument_layout(inst) for inst in instruments()},
     )
     return [n for n in nights if not night_cfg(n)["skip"]]
 
 
 # ---------------------------------------------------------------- input functions
 def raw_frames(wildcards):
-    """Every raw file of the night: the inventory re-runs when one is added or changed."""
+    """Every raw file of the night (all its folders): the inventory re-runs when one is added
+    or changed."""
     return raw_files(raw_dir(wildcards.night))
 
 
@@ -259,11 +288,12 @@ def calibration_products(night):
 
 
 def target_products(night, target):
-    """Per-target products of the photometry stage."""
+    """Per-target products: the photometry stage, then the light-curve analysis."""
     base = f"{night}/{target}"
-    return [work(f"{base}/centroiding/centroids.fits")] + [
+    products = [work(f"{base}/centroiding/centroids.fits")] + [
         work(f"{base}/photometry/photometry_aper{n}.fits") for n in APERTURES
     ]
+    return products + analysis_products(night, target)
 
 
 def night_products(wildcards):
@@ -273,7 +303,111 @@ def night_products(wildcards):
     products += calibration_products(night)
     for target in photometry_targets(night):
         products += target_products(night, target)
+    products += calibrated_products(night)
     return products
+
+
+# ---------------------------------------------------------------- calibrated frames, astrometry, KBMOD
+def wants_calibrated(night):
+    """Calibrated frames are built when enabled, or needed by astrometry / KBMOD."""
+    s = night_cfg(night)
+    return (
+        s["calibrated_frames"]["enabled"]
+        or s["astrometry"]["enabled"]
+        or s["kbmod"]["enabled"]
+    )
+
+
+def calibrated_products(night):
+    """Per-night products of the calibrated-frame stages, each only when enabled."""
+    s = night_cfg(night)
+    products = []
+    if wants_calibrated(night):
+        products += [work(f"{night}/calibrated")] + sorted(
+            {p for p in dark_matching(night).values() if p}
+        )
+    if s["astrometry"]["enabled"] or s["kbmod"]["enabled"]:
+        products.append(work(f"{night}/astrometry/astrometry_summary.ecsv"))
+    if s["kbmod"]["enabled"]:
+        products.append(work(f"{night}/kbmod"))
+    return products
+
+
+def matched_dark_path(night, exptime):
+    return work(f"{night}/calib/master_dark_{exptime_tag(exptime)}s.fits")
+
+
+def dark_matching(night):
+    """``{science exposure (s): matched master dark or None}`` when ``dark_exposure_matching``
+    is on (None: too few darks of that exposure, the all-exposure master dark is scaled).
+    """
+    cal = night_cfg(night)["calibration_params"]
+    if not cal["dark_exposure_matching"]:
+        return {}
+    table = inventory(night)
+    plan = dark_plan(table, exposure_times(table, "science"), cal["min_dark_frames"])
+    return {t: (matched_dark_path(night, m) if m else None) for t, m in plan.items()}
+
+
+def flat_dark(wildcards):
+    """Master dark for the flats of a filter: matched to their most common exposure time when
+    ``dark_exposure_matching`` is on and darks of it exist (ASTEP's SKYFLAT darks), else the
+    all-exposure master dark. For rule master_flat's ``dark`` input."""
+    night = wildcards.night
+    cal = night_cfg(night)["calibration_params"]
+    if cal["dark_exposure_matching"]:
+        table = inventory(night)
+        sel = (
+            (table["type"] == "flat")
+            & table["accepted"]
+            & (table["filter"] == wildcards.filter)
+        )
+        times = [float(t) for t in table["exptime"][sel]]
+        if times:
+            common = max(set(times), key=times.count)
+            match = dark_plan(table, [common], cal["min_dark_frames"])[common]
+            if match is not None:
+                return matched_dark_path(night, match)
+    return work(f"{night}/calib/master_dark.fits")
+
+
+def matched_dark_frames(wildcards):
+    """Accepted darks of one exposure time (``{exptime}`` wildcard, s)."""
+    return list_files_exptime(
+        inventory(wildcards.night), "dark", float(wildcards.exptime)
+    )
+
+
+def calibrated_inputs(wildcards):
+    """Raw science frames, the inventory and every master the night's calibration needs."""
+    night = wildcards.night
+    table = inventory(night)
+    return dict(
+        frames=list_files(table, "science"),
+        inventory=inventory_path(night),
+        bias=work(f"{night}/calib/master_bias.fits"),
+        dark=work(f"{night}/calib/master_dark.fits"),
+        bpm=work(f"{night}/calib/bad_pixel_map.fits"),
+        flats=[
+            work(f"{night}/calib/master_flat_{f}.fits") for f in science_filters(night)
+        ],
+        darks=sorted({p for p in dark_matching(night).values() if p}),
+    )
+
+
+def calibrated_params(wildcards):
+    """Settings the calibrated frames depend on (a change re-runs the night's calibration)."""
+    night = wildcards.night
+    s = night_cfg(night)
+    return dict(
+        settings=s["calibrated_frames"],
+        cosmics=s["cosmics"],
+        darks=dark_matching(night),
+        flats={
+            f: work(f"{night}/calib/master_flat_{f}.fits")
+            for f in science_filters(night)
+        },
+    )
 
 
 def calib_params(kind):
@@ -311,3 +445,93 @@ def photometry_params(wildcards):
         centroid=settings["centroid_settings"],
         photometry=settings["photometry_settings"],
     )
+
+
+# ---------------------------------------------------------------- light-curve analysis
+from bandersnake.analysis import stages as analysis_stages
+from bandersnake.analysis.plots import PLOTS as ANALYSIS_PLOTS
+
+# Multi-night plot: outside results/<night>/ (those are directory outputs of publish_night).
+PRECISION_SUMMARY = work("summary/precision_vs_brightness.png")
+
+
+def analysis_settings(night):
+    """Validated ``analysis_settings`` of a night."""
+    return night_cfg(night)["analysis_settings"]
+
+
+def transit_fit_settings(night, target):
+    """Transit-fit settings of a target on a night, None when the night gives it no ephemeris."""
+    return analysis_stages.transit_settings(analysis_settings(night), target)
+
+
+def analysis_products(night, target):
+    """Products of the light-curve analysis of one (night, target); the transit fit only when
+    ``analysis_settings.transit`` gives the target a ``t0`` or ``window``."""
+    base = f"{night}/{target}"
+    products = [
+        work(f"{base}/photometry/{name}")
+        for name in (
+            "differential.fits",
+            "differential_summary.txt",
+            "precision_metrics.fits",
+        )
+    ]
+    products += [work(f"{base}/plots/{name}.png") for name in ANALYSIS_PLOTS]
+    products += [
+        work(f"{base}/exports/lc.dat"),
+        work(f"{base}/exports/{target}_aavso.txt"),
+    ]
+    if transit_fit_settings(night, target) is not None:
+        products += [
+            work(f"{base}/transit/transit_fit.yaml"),
+            work(f"{base}/transit/transit_fit.png"),
+        ]
+    return products
+
+
+def analysis_plot_outputs():
+    """Declared PNGs of the analysis_plots rule, each sent to the report with its caption."""
+    return {
+        name: report(
+            work(f"{{night}}/{{target}}/plots/{name}.png"),
+            caption=f"../workflow/report/{name}.rst",
+            category="{night}",
+            subcategory="{target}",
+            labels={"night": "{night}", "target": "{target}", "figure": name},
+        )
+        for name in ANALYSIS_PLOTS
+    }
+
+
+def differential_params(wildcards):
+    """Settings of the differential job: the analysis settings it uses and the instrument's
+    noise figures (no photometry settings, so only the analysis re-runs when they change).
+    """
+    return dict(
+        night=wildcards.night,
+        target=wildcards.target,
+        settings=analysis_stages.differential_settings(
+            analysis_settings(wildcards.night)
+        ),
+        instrument=analysis_stages.noise_instrument(instrument_cfg(wildcards.night)),
+    )
+
+
+def transit_params(wildcards):
+    settings = transit_fit_settings(wildcards.night, wildcards.target)
+    if settings is None:
+        raise WorkflowError(
+            f"night {wildcards.night}: no transit fit for target {wildcards.target}; give it "
+            "analysis_settings.transit.<target>.t0 (and period) or .window"
+        )
+    return settings
+
+
+def precision_summary_inputs(wildcards):
+    """precision_metrics.fits of every target of every night built by the default target."""
+    return [
+        work(f"{night}/{target}/photometry/precision_metrics.fits")
+        for night in all_nights()
+        for target in photometry_targets(night)
+    ]

@@ -105,3 +105,29 @@ def test_annulus_excludes_nan_bad_and_masked():
     assert mean == 10.0 and std == 0.0
     full = CircularAnnulus((25, 25), 5, 12).to_mask(method="center").data.sum()
     assert n == full - 3
+
+
+def test_radix_sort_equals_numpy_sort():
+    # Exact equality: sums over sorted values (sky statistics) must not change with the sort.
+    from bandersnake.aperture import radix_sort
+    rng = np.random.default_rng(4)
+    cases = [rng.normal(600, 30, 1250).astype(np.float32).astype(float),      # a sky annulus
+             rng.normal(size=999) * 10.0 ** rng.uniform(-300, 300, 999),      # every exponent
+             rng.integers(-3, 3, 500).astype(float),                          # many ties
+             np.array([np.inf, -np.inf, 0.0, 5e-324, -5e-324, 1.0]), np.array([2.0]), np.array([])]
+    for v in cases:
+        w = v.copy()
+        radix_sort(w, np.empty(w.size, np.uint64))
+        np.testing.assert_array_equal(w, np.sort(v))
+
+
+def test_mean_std_equals_numpy():
+    # Same operations as numba's np.mean/np.std: identical values, not just close ones.
+    import numba
+    from bandersnake.aperture import mean_std
+
+    ref = numba.njit(lambda v: (np.mean(v), np.std(v)))
+    rng = np.random.default_rng(6)
+    for n in (1, 2, 17, 1250):
+        v = rng.normal(500, 40, n)
+        assert mean_std(v) == ref(v)

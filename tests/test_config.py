@@ -12,12 +12,12 @@ from conftest import ROOT, run_snakemake
 INSTRUMENTS = ROOT / "config" / "instruments"
 
 
-@pytest.mark.parametrize("name", ["SPIRIT2", "ARCSAT", "MAXIM"])
+@pytest.mark.parametrize("name", ["SPIRIT2", "ARCSAT", "MAXIM", "ASTEP"])
 def test_shipped_instruments_validate(name):
     inst = load_instrument(INSTRUMENTS, name)
     assert inst["gain_e_per_adu"] > 0 and inst["site"]["altitude_m"] >= 0
-    # Defaults come from the schema.
-    assert "Bias Frame" in inst["imagetyp_values"]["bias"]
+    # Defaults come from the schema (ASTEP lists its own ACQTYPE values).
+    assert ("BIAS" if name == "ASTEP" else "Bias Frame") in inst["imagetyp_values"]["bias"]
     assert inst["scintillation"]["C_Y"] == pytest.approx(1.5)
 
 
@@ -30,7 +30,7 @@ def test_instrument_unknown_key_named(tmp_path):
 
 
 def test_missing_instrument_lists_known():
-    with pytest.raises(ConfigError, match="known: ARCSAT, MAXIM, SPIRIT2"):
+    with pytest.raises(ConfigError, match="known: ARCSAT, ASTEP, MAXIM, SPIRIT2"):
         load_instrument(INSTRUMENTS, "NOPE")
 
 
@@ -85,3 +85,64 @@ def test_workflow_rejects_bad_targets_file(tmp_path):
     proc = run_snakemake(tmp_path, config={"raw_root": tmp_path, "targets_file": bad}, extra=["-n"], check=False)
     assert proc.returncode != 0
     assert "targets.yaml" in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- raw layouts (issue 5)
+ASTEP_LAYOUT = "{raw_root}/{date_iso}/{date_iso}-CAMS*"
+
+
+def _astep_tree(root):
+    for date, subs in (("2025-04-03", ("CAMS", "CAMS_SKYFLAT")), ("2025-04-04", ("CAMS",)),
+                       ("2025-04-05", ("CAMS",)), ("notes", ())):
+        for sub in subs:
+            folder = root / date / f"{date}-{sub}"
+            folder.mkdir(parents=True)
+            if date != "2025-04-05":  # an empty date is not a night
+                (folder / f"{date}_01.00.00_SCIENCE.fits").write_bytes(b"")
+    (root / "2025-04-06").mkdir()
+    (root / "2025-04-06" / "2025-04-07-CAMS").mkdir()  # inner date differs: not matched
+    (root / "2025-04-06" / "2025-04-07-CAMS" / "x.fits").write_bytes(b"")
+
+
+def test_astep_layout_discovery_and_folders(tmp_path):
+    from bandersnake.config import raw_night_dirs
+
+    root = tmp_path / "data [v1]"  # glob characters in raw_root are taken literally
+    _astep_tree(root)
+    nights = discover_nights("{raw_root}/{inst}/images/{date}", root, ["ASTEP", "SPIRIT2"],
+                             layouts={"ASTEP": ASTEP_LAYOUT})
+    assert nights == ["ASTEP_20250403", "ASTEP_20250404"]
+    dirs = raw_night_dirs(ASTEP_LAYOUT, root, "ASTEP_20250403")
+    assert [d.name for d in dirs] == ["2025-04-03-CAMS", "2025-04-03-CAMS_SKYFLAT"]
+    assert raw_night_dirs(ASTEP_LAYOUT, root, "ASTEP_20250410") == []
+    # The shipped ASTEP file carries this layout and its night settings.
+    inst = load_instrument(INSTRUMENTS, "ASTEP")
+    assert inst["raw_layout"] == ASTEP_LAYOUT and inst["frame_type_source"] == "filename"
+    settings = night_settings({}, tmp_path, "ASTEP_20250403", inst["night_settings"])
+    assert settings["calibrated_frames"]["enabled"] and settings["kbmod"]["enabled"]
+    assert settings["calibration_params"]["dark_exposure_matching"]
+    spirit = night_settings({}, tmp_path, "SPIRIT2_20251215", load_instrument(INSTRUMENTS, "SPIRIT2")["night_settings"])
+    assert not spirit["calibrated_frames"]["enabled"]  # the demo stays fast
+
+
+def test_layout_errors_named():
+    with pytest.raises(ConfigError, match="needs {date} or {date_iso}"):
+        discover_nights("{raw_root}/{inst}", "/nas", ["X"])
+    with pytest.raises(ConfigError, match="unknown or malformed field"):
+        raw_night_dir("{raw_root}/{night}", "/nas", "X_20250101")
+
+
+def test_night_file_overrides_instrument_settings(tmp_path):
+    (tmp_path / "ASTEP_20250403.yaml").write_text(yaml.safe_dump({"kbmod": {"enabled": False}}))
+    inst = load_instrument(INSTRUMENTS, "ASTEP")
+    s = night_settings({"cosmics": {"sigclip": 5.0}}, tmp_path, "ASTEP_20250403", inst["night_settings"])
+    assert s["kbmod"]["enabled"] is False and s["astrometry"]["enabled"] is True
+    assert s["cosmics"]["sigclip"] == 5.0
+
+
+def test_cosmics_schema_defaults_match_package():
+    from bandersnake import cosmics
+
+    s = validate({}, "night.schema.yaml", "test")
+    # The schema documents the same defaults the package uses.
+    assert {k: s["cosmics"][k] for k in cosmics.DEFAULTS} == cosmics.DEFAULTS

@@ -121,3 +121,50 @@ def test_arcsat_night_classified():
     assert int((table["target"] == "XO1-b").sum()) == 80
     # Observed 03:21-06:08 UTC at APO (UTC-7 solar): all in the evening half of the night.
     assert set(table["session"]) == {"dusk"}
+
+
+# ---------------------------------------------------------------- ASTEP layout (issue 5)
+@pytest.fixture
+def astep():
+    return load_instrument(INSTRUMENTS, "ASTEP")
+
+
+def test_astep_types_from_file_names_first(astep):
+    # ASTEP: the file name decides, even against a header type (frame_type_source: filename).
+    h = fits.Header({"ACQTYPE": "SCIENCE"})
+    assert classify(h, "2025-04-03_07.13.54_DARK.fits", astep) == ("dark", "file name")
+    assert classify(fits.Header(), "2025-04-03_21.51.10_SKYFLAT.fits", astep)[0] == "flat"
+    assert classify(fits.Header(), "2025-04-03_07.09.24_BIAS.fits", astep)[0] == "bias"
+    assert classify(fits.Header(), "2025-04-03_15.48.22_SCIENCE.fits", astep)[0] == "science"
+    # No pattern matches: the header's ACQTYPE is the fallback.
+    assert classify(h, "frame_0001.fits", astep)[0] == "science"
+    # MaxIm-style instruments keep IMAGETYP first.
+    maxim = load_instrument(INSTRUMENTS, "MAXIM")
+    assert classify(fits.Header({"IMAGETYP": "Light Frame"}), "x_DARK.fits", maxim)[0] == "science"
+
+
+def test_raw_files_of_several_folders(tmp_path):
+    for sub, name in (("2025-04-03-CAMS", "a_SCIENCE.fits"), ("2025-04-03-CAMS_SKYFLAT", "b_SKYFLAT.fits"),
+                      ("2025-04-03-CAMS_SKYFLAT", "c_DARK.fits.gz"), ("2025-04-03-CAMS", "notes.txt")):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        (tmp_path / sub / name).write_bytes(b"")
+    files = raw_files([tmp_path / "2025-04-03-CAMS", tmp_path / "2025-04-03-CAMS_SKYFLAT"])
+    assert [f.split("/")[-1] for f in files] == ["a_SCIENCE.fits", "b_SKYFLAT.fits", "c_DARK.fits.gz"]
+
+
+def test_exposure_groups_and_dark_plan():
+    from astropy.table import Table
+
+    from bandersnake.inventory import dark_plan, exposure_times, exptime_tag, list_files_exptime
+
+    rows = ([("dark", 30.0, True)] * 3 + [("dark", 29.9995, True)] + [("dark", 10.0, True)] * 2
+            + [("dark", 10.0, False)] * 5 + [("science", 30.0, True), ("science", 90.0, True), ("flat", 10.0, True)])
+    table = Table(rows=[(f"f{i}.fits", t, e, a) for i, (t, e, a) in enumerate(rows)],
+                  names=("path", "type", "exptime", "accepted"))
+    # 29.9995 s and 30 s are one exposure (1 % tolerance); rejected darks do not count.
+    assert exposure_times(table, "dark") == [10.0, 29.9995]
+    assert len(list_files_exptime(table, "dark", 30.0)) == 4
+    plan = dark_plan(table, [30.0, 90.0, 10.0], min_frames=3)
+    # 30 s: matched; 90 s: no darks; 10 s: only 2 accepted darks (< 3) -> scaled fallback.
+    assert plan == {30.0: 29.9995, 90.0: None, 10.0: None}
+    assert [exptime_tag(t) for t in (30.0, 12.5, 0.001, 29.9995)] == ["30", "12.5", "0.001", "29.9995"]

@@ -328,3 +328,36 @@ def test_simulated_night_fluxes(simnight):
     # and nothing beyond 5; the reported errors must be realistic (std of z near 1).
     assert np.mean(np.abs(z) > 3) < 0.01 and np.abs(z).max() < 5
     assert 0.6 < z.std() < 1.4 and abs(z.mean()) < 0.5
+
+
+def test_photometry_tables_bytes_equal_astropy(night, tmp_path):
+    # All apertures but the first are written by patching the first file's bytes; they must
+    # be the very bytes astropy writes for them.
+    from bandersnake.photometry import _FrameRunner, write_photometry_table, write_photometry_tables
+
+    st = CoreSettings.from_night(SETTINGS)
+    cal = load_calibration(night["masters"], night["inst"])
+    runner = _FrameRunner(night["tgt"], st, cal, 3)
+    rng = np.random.default_rng(0)
+    res = runner.res
+    res.phot[:] = rng.normal(size=res.phot.shape)
+    res.phot[1, 2] = np.nan
+    res.pflag[:] = rng.integers(0, 128, res.pflag.shape)
+    res.files = ["/a/b/f0.fits", "/a/b/frame_00001.fits", "/c/x.fits"]
+    res.bjd = res.jd = np.array([2460000.1, 2460000.2, np.nan])
+    meta = [("TARGET", "SYNTH", "target"), ("SKYRIN", 12.0, "[px]")]
+    fast = write_photometry_tables(tmp_path / "fast", res, st, meta)
+    for k, r in enumerate(st.radii):
+        slow = write_photometry_table(tmp_path / "slow" / f"p{k}.fits", res, k, r, st, meta)
+        assert fast[k].read_bytes() == slow.read_bytes(), r
+
+
+def test_two_threads_same_tables_as_one(night, tmp_path):
+    # Frames measured in parallel threads: identical tables (each frame is independent).
+    run_streaming(night["raw"], night["masters"], night["inst"], SETTINGS, night["tgt"], tmp_path / "one",
+                  threads=1)
+    for name in ["centroiding/centroids.fits", "photometry/photometry_aper5.fits"]:
+        a, b = read(tmp_path / "one" / name), read(night["out_s"] / name)
+        for col in a.colnames:
+            if a[col].dtype.kind == "f":
+                np.testing.assert_array_equal(np.asarray(a[col]), np.asarray(b[col]), err_msg=col)

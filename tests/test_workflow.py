@@ -46,7 +46,12 @@ def planned_jobs(proc_output):
 def two_nights(tmp_path_factory):
     """Two small simulated nights (different seeds and settings) built once for the module."""
     root = tmp_path_factory.mktemp("workflow")
-    inst = load_instrument(ROOT / "config" / "instruments", "SPIRIT2")
+    # The small simulated nights are 256x256 sub-frames of the SPIRIT2 camera.
+    spirit2 = yaml.safe_load((ROOT / "config" / "instruments" / "SPIRIT2.yaml").read_text())
+    spirit2["shape"] = [256, 256]
+    (root / "instruments").mkdir()
+    (root / "instruments" / "SPIRIT2.yaml").write_text(yaml.safe_dump(spirit2))
+    inst = load_instrument(root / "instruments", "SPIRIT2")
     truths = {}
     for night, seed, extra in ((NIGHT_A, 1, {}), (NIGHT_B, 2, dict(read_noise_e=12.0, dark_current_e_per_s=3.0, bias_level_adu=1500.0))):
         cfg = small_config(date=night.split("_")[1], seed=seed, **extra)
@@ -61,7 +66,8 @@ def two_nights(tmp_path_factory):
     (nights_dir / f"{NIGHT_B}.yaml").write_text(yaml.safe_dump(
         {"centroid_settings": {"star0_positions": {name: b_star0}}}))
     (root / "targets.yaml").write_text(yaml.safe_dump(targets))
-    config = dict(raw_root=root / "raw", targets_file=root / "targets.yaml", nights_dir=nights_dir)
+    config = dict(raw_root=root / "raw", targets_file=root / "targets.yaml", nights_dir=nights_dir,
+                  instruments_dir=root / "instruments")
     before = tree_checksums(root / "raw")
     run_snakemake(root, config=config)  # default target: every discovered night
     return dict(root=root, config=config, truths=truths, raw_before=before, target=name)

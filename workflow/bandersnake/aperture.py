@@ -65,14 +65,20 @@ MASK_OUTSIDE = 128    # window pixel lies outside the image (never written to di
 
 
 @numba.njit(cache=True, inline="always")
-def _g(x, h, r):
-    """Integral of ``sqrt(r**2 - t**2) - h`` for t from 0 to x (|x| <= sqrt(r**2 - h**2))."""
+def _p(x, r):
+    """Twice the integral of ``sqrt(r**2 - t**2)`` for t from 0 to x (|x| <= r)."""
     u = x / r
     if u > 1.0:
         u = 1.0
     elif u < -1.0:
         u = -1.0
-    return 0.5 * (math.sqrt(max(1.0 - u * u, 0.0)) * x * r + r * r * math.asin(u) - 2.0 * h * x)
+    return math.sqrt(max(1.0 - u * u, 0.0)) * x * r + r * r * math.asin(u)
+
+
+@numba.njit(cache=True, inline="always")
+def _g(x, h, r):
+    """Integral of ``sqrt(r**2 - t**2) - h`` for t from 0 to x (|x| <= sqrt(r**2 - h**2))."""
+    return 0.5 * (_p(x, r) - 2.0 * h * x)
 
 
 @numba.njit(cache=True, inline="always")
@@ -83,6 +89,8 @@ def _area_above(x0, x1, h, r):
     s = math.sqrt(r * r - h * h)
     a = min(max(x0, -s), s)
     b = min(max(x1, -s), s)
+    if a == b:          # rectangle beyond the chord: g(b) - g(a) would be exactly 0.0
+        return 0.0
     return _g(b, h, r) - _g(a, h, r)
 
 
@@ -133,6 +141,34 @@ def pixel_weight(dx, dy, r):
     return circle_rect_overlap(ax - 0.5, ax + 0.5, ay - 0.5, ay + 0.5, r)
 
 
+@numba.njit(cache=True, inline="always")
+def _area_above_cached(x0, x1, h, r, s, px0, px1, ps):
+    """:func:`_area_above` with ``s = sqrt(r**2 - h**2)``, ``_p(x0)``, ``_p(x1)`` and ``_p(s)`` given.
+
+    The same operations on the same values as :func:`_area_above`, so the same result; only
+    the (costly) ``_p`` of a clamped end is taken from the caller when it is one of those.
+    """
+    if h >= r:
+        return 0.0
+    a = min(max(x0, -s), s)
+    b = min(max(x1, -s), s)
+    if a == b:
+        return 0.0
+    if b == x1:
+        pb = px1
+    elif b == s:
+        pb = ps
+    else:
+        pb = _p(b, r)
+    if a == x0:
+        pa = px0
+    elif a == s:
+        pa = ps
+    else:
+        pa = _p(a, r)
+    return 0.5 * (pb - 2.0 * h * b) - 0.5 * (pa - 2.0 * h * a)
+
+
 @numba.njit(cache=True)
 def aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, out_sum, out_area, out_var,
                   out_nbad, out_nsat, out_nnan, out_nout):
@@ -155,6 +191,15 @@ def aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, out_sum, out_area, out_v
         Filled with: sum of ``w * sci`` over in-image non-NaN pixels (e-), sum of ``w`` (px**2),
         sum of ``w**2 * err**2`` (e-**2), and the counts of pixels with ``w > 0`` that are bad,
         saturated, NaN or off the image.
+
+    Notes
+    -----
+    The weight of a pixel the circle cuts is :func:`circle_rect_overlap` of the pixel folded
+    into the first quadrant. Its costly part, ``_p`` (an ``asin`` and a ``sqrt``) at the
+    pixel's column edges and at the chord ends ``sqrt(r**2 - h**2)`` of its row edges, is
+    shared by neighbouring pixels: it is computed once per (radius, column) and (radius, row)
+    here and the rest of the arithmetic is done as in :func:`circle_rect_overlap`, which gives
+    bit-identical weights ~3x faster.
     """
     nap = radii.shape[0]
     for k in range(nap):
@@ -169,36 +214,85 @@ def aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, out_sum, out_area, out_v
     # beyond its farthest corner weight 1, and only the ones in between need the exact overlap.
     order = np.argsort(radii)
     rs = radii[order]
+    r2s = np.empty(nap)
+    for q in range(nap):
+        r2s[q] = rs[q] * rs[q]
     rmax = rs[nap - 1]
     h, w = sci.shape
     i0 = max(int(math.floor(xc - rmax + 0.5)) - ox, 0)
     i1 = min(int(math.floor(xc + rmax + 0.5)) - ox, w - 1)
     j0 = max(int(math.floor(yc - rmax + 0.5)) - oy, 0)
     j1 = min(int(math.floor(yc + rmax + 0.5)) - oy, h - 1)
+    if i1 < i0 or j1 < j0:
+        return
+    ncol = i1 - i0 + 1
+    nrow = j1 - j0 + 1
+    # Caches (NaN = not computed yet), per radius: _p at the column edges ax -+ 0.5, and the
+    # chord half-width s and _p(s) at the row edges ay -+ 0.5.
+    pc0 = np.full((nap, ncol), np.nan)
+    pc1 = np.full((nap, ncol), np.nan)
+    sr0 = np.full((nap, nrow), np.nan)
+    ps0 = np.empty((nap, nrow))
+    sr1 = np.full((nap, nrow), np.nan)
+    ps1 = np.empty((nap, nrow))
     for j in range(j0, j1 + 1):
+        jr = j - j0
         ay = abs((oy + j) - yc)
         ny_ = max(ay - 0.5, 0.0)
         fy = ay + 0.5
+        y0 = ay - 0.5
+        y1 = ay + 0.5
         for i in range(i0, i1 + 1):
             ax = abs((ox + i) - xc)
             nx_ = max(ax - 0.5, 0.0)
             fx = ax + 0.5
             near2 = nx_ * nx_ + ny_ * ny_
             far2 = fx * fx + fy * fy
-            if rmax * rmax <= near2:
+            if r2s[nap - 1] <= near2:
                 continue
             m = msk[j, i]
             v = sci[j, i]
             e = err[j, i]
             outside = (m & MASK_OUTSIDE) != 0
             isnan = math.isnan(v)
-            for q in range(nap):
+            x0 = ax - 0.5
+            x1 = ax + 0.5
+            ic = i - i0
+            q = 0
+            while r2s[q] <= near2:
+                q += 1
+            for q in range(q, nap):
                 r = rs[q]
-                if r * r <= near2:
-                    continue
-                wgt = 1.0 if r * r >= far2 else circle_rect_overlap(ax - 0.5, ax + 0.5, ay - 0.5, ay + 0.5, r)
-                if wgt <= 0.0:
-                    continue
+                if r2s[q] >= far2:
+                    wgt = 1.0
+                else:
+                    if math.isnan(pc0[q, ic]):
+                        pc0[q, ic] = _p(x0, r)
+                        pc1[q, ic] = _p(x1, r)
+                    px0 = pc0[q, ic]
+                    px1 = pc1[q, ic]
+                    if y0 < 0.0:
+                        # Central row, as circle_rect_overlap: two bands from the axis (rare).
+                        wgt = ((_area_above(x0, x1, 0.0, r) - _area_above(x0, x1, -y0, r))
+                               + (_area_above(x0, x1, 0.0, r) - _area_above(x0, x1, y1, r)))
+                    else:
+                        if math.isnan(sr0[q, jr]):
+                            if y0 < r:
+                                sr0[q, jr] = math.sqrt(r * r - y0 * y0)
+                                ps0[q, jr] = _p(sr0[q, jr], r)
+                            else:
+                                sr0[q, jr] = 0.0
+                                ps0[q, jr] = 0.0
+                            if y1 < r:
+                                sr1[q, jr] = math.sqrt(r * r - y1 * y1)
+                                ps1[q, jr] = _p(sr1[q, jr], r)
+                            else:
+                                sr1[q, jr] = 0.0
+                                ps1[q, jr] = 0.0
+                        wgt = (_area_above_cached(x0, x1, y0, r, sr0[q, jr], px0, px1, ps0[q, jr])
+                               - _area_above_cached(x0, x1, y1, r, sr1[q, jr], px0, px1, ps1[q, jr]))
+                    if wgt <= 0.0:
+                        continue
                 k = order[q]
                 if outside:
                     out_nout[k] += 1
@@ -213,6 +307,121 @@ def aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, out_sum, out_area, out_v
                     out_nbad[k] += 1
                 if m & MASK_SATURATED:
                     out_nsat[k] += 1
+
+
+_SIGN = np.uint64(1) << np.uint64(63)
+_BYTE = np.uint64(0xFF)
+
+
+@numba.njit(cache=True)
+def radix_sort(v, work):
+    """Sort a contiguous 1-D float64 array of non-NaN values in place, ascending.
+
+    Same sorted sequence as ``np.sort`` (values comparing equal are bitwise equal, except that
+    -0.0 comes before +0.0), so sums over the sorted values do not change. An LSD radix sort
+    on order-preserving 64-bit keys, 8 bits per pass; passes over bytes that are equal in all
+    keys are skipped, which leaves 3-4 passes for the float32-exact values of calibrated
+    windows (their low 29 mantissa bits are zero, a sky window shares its sign and exponent).
+    Unlike numba's quicksort, whose comparisons are unpredictable branches (~85 us for 1250
+    sky values), the cost is a few linear passes (~8 us).
+
+    Parameters
+    ----------
+    v : 1-D float64 array, contiguous
+        Values (any unit); sorted in place.
+    work : 1-D uint64 array, at least ``len(v)``
+        Scratch space.
+    """
+    n = v.shape[0]
+    if n < 2:
+        return
+    keys = v.view(np.uint64)
+    lo = ~np.uint64(0)
+    hi = np.uint64(0)
+    for i in range(n):
+        k = keys[i]
+        # Negative floats: flip all bits; positive: flip the sign bit. Unsigned order = float order.
+        k = ~k if k & _SIGN else k | _SIGN
+        keys[i] = k
+        lo &= k
+        hi |= k
+    varying = lo ^ hi
+    cnt = np.empty(256, np.int64)
+    src = keys
+    dst = work[:n]
+    for d in range(8):
+        shift = np.uint64(8 * d)
+        if (varying >> shift) & _BYTE == 0:
+            continue
+        cnt[:] = 0
+        for i in range(n):
+            cnt[(src[i] >> shift) & _BYTE] += 1
+        tot = 0
+        for b in range(256):
+            c = cnt[b]
+            cnt[b] = tot
+            tot += c
+        for i in range(n):
+            k = src[i]
+            b = (k >> shift) & _BYTE
+            dst[cnt[b]] = k
+            cnt[b] += 1
+        src, dst = dst, src
+    for i in range(n):
+        k = src[i]
+        keys[i] = k ^ _SIGN if k & _SIGN else ~k
+
+
+@numba.njit(cache=True)
+def mean_std(v):
+    """Mean and standard deviation (ddof=0) of ``v``: the same operations as numba's
+    ``np.mean`` / ``np.std`` (sums in array order), so the same values, in two passes
+    rather than three."""
+    n = v.shape[0]
+    c = 0.0
+    for x in v:
+        c += x
+    m = c / n
+    ssd = 0.0
+    for x in v:
+        d = x - m
+        ssd += d * d
+    return m, (ssd / n) ** 0.5
+
+
+@numba.njit(cache=True)
+def _clip_sorted(vals, sigma, maxiters):
+    """:func:`sigma_clip_sorted` also returning the mean and std of the last iteration and
+    whether they are those of the survivors (True when it stopped because nothing changed)."""
+    a = 0
+    b = vals.shape[0]
+    it = 0
+    mean = np.nan
+    std = np.nan
+    fresh = False
+    while it < maxiters and b > a:
+        it += 1
+        n = b - a
+        if n % 2 == 1:
+            med = vals[a + n // 2]
+        else:
+            med = 0.5 * (vals[a + n // 2 - 1] + vals[a + n // 2])
+        mean, std = mean_std(vals[a:b])
+        lo = med - sigma * std
+        hi = med + sigma * std
+        na = a
+        while na < b and vals[na] < lo:
+            na += 1
+        nb = b
+        while nb > na and vals[nb - 1] > hi:
+            nb -= 1
+        changed = (na != a) or (nb != b)
+        a = na
+        b = nb
+        if not changed:
+            fresh = True
+            break
+    return a, b, mean, std, fresh
 
 
 @numba.njit(cache=True)
@@ -232,31 +441,42 @@ def sigma_clip_sorted(vals, sigma, maxiters):
     a, b : int
         Survivors are ``vals[a:b]``.
     """
-    a = 0
-    b = vals.shape[0]
-    it = 0
-    while it < maxiters and b > a:
-        it += 1
-        n = b - a
-        if n % 2 == 1:
-            med = vals[a + n // 2]
-        else:
-            med = 0.5 * (vals[a + n // 2 - 1] + vals[a + n // 2])
-        std = np.std(vals[a:b])
-        lo = med - sigma * std
-        hi = med + sigma * std
-        na = a
-        while na < b and vals[na] < lo:
-            na += 1
-        nb = b
-        while nb > na and vals[nb - 1] > hi:
-            nb -= 1
-        changed = (na != a) or (nb != b)
-        a = na
-        b = nb
-        if not changed:
-            break
+    a, b, mean, std, fresh = _clip_sorted(vals, sigma, maxiters)
     return a, b
+
+
+@numba.njit(cache=True, inline="always")
+def _in_circle(ox, i, xc, dy2, r2):
+    """The membership test of the window loops: ``((ox + i) - xc)**2 + dy**2 < r**2``."""
+    dx = (ox + i) - xc
+    return dx * dx + dy2 < r2
+
+
+@numba.njit(cache=True)
+def _chord(ox, xc, dy2, r2, i0, i1):
+    """Window columns ``[a, b)`` within ``[i0, i1]`` passing :func:`_in_circle` on one row.
+
+    The squared distance only grows away from the column nearest ``xc``, so the passing columns
+    form one run; it is located with a square root and its ends settled with the exact test,
+    so the run is the one a test of every column gives.
+    """
+    if i1 < i0:
+        return i0, i0
+    c = min(max(int(round(xc)) - ox, i0), i1)
+    if not _in_circle(ox, c, xc, dy2, r2):
+        return i0, i0
+    half = math.sqrt(max(r2 - dy2, 0.0))
+    a = min(max(int(math.ceil(xc - half)) - ox, i0), c)
+    while a > i0 and _in_circle(ox, a - 1, xc, dy2, r2):
+        a -= 1
+    while not _in_circle(ox, a, xc, dy2, r2):
+        a += 1
+    b = max(min(int(math.floor(xc + half)) - ox, i1), c)
+    while b < i1 and _in_circle(ox, b + 1, xc, dy2, r2):
+        b += 1
+    while not _in_circle(ox, b, xc, dy2, r2):
+        b -= 1
+    return a, b + 1
 
 
 @numba.njit(cache=True)
@@ -265,6 +485,8 @@ def annulus_values(sci, msk, excl, ox, oy, xc, yc, r_in, r_out, buf):
 
     A pixel belongs to the annulus when its centre satisfies ``r_in**2 <= d**2 < r_out**2``.
     Pixels off the image, NaN, bad (``MASK_BAD``), saturated or marked in ``excl`` are left out.
+    Each row is visited over its chord of the outer circle minus that of the inner one
+    (:func:`_chord`), in increasing column order.
 
     Returns
     -------
@@ -284,24 +506,31 @@ def annulus_values(sci, msk, excl, ox, oy, xc, yc, r_in, r_out, buf):
     n_nan = 0
     for j in range(j0, j1 + 1):
         dy = (oy + j) - yc
-        for i in range(i0, i1 + 1):
-            dx = (ox + i) - xc
-            d2 = dx * dx + dy * dy
-            if d2 < rin2 or d2 >= rout2:
-                continue
-            m = msk[j, i]
-            if m & MASK_OUTSIDE:
-                continue
-            v = sci[j, i]
-            if math.isnan(v):
-                n_nan += 1
-                continue
-            if m & (MASK_BAD | MASK_SATURATED):
-                continue
-            if excl[j, i]:
-                continue
-            buf[n] = v
-            n += 1
+        dy2 = dy * dy
+        a, b = _chord(ox, xc, dy2, rout2, i0, i1)
+        if b <= a:
+            continue
+        ia, ib = _chord(ox, xc, dy2, rin2, a, b - 1)
+        if ib <= ia:
+            ia = b
+            ib = b
+        for seg in range(2):
+            s0 = a if seg == 0 else ib
+            s1 = ia if seg == 0 else b
+            for i in range(s0, s1):
+                m = msk[j, i]
+                if m & MASK_OUTSIDE:
+                    continue
+                v = sci[j, i]
+                if math.isnan(v):
+                    n_nan += 1
+                    continue
+                if m & (MASK_BAD | MASK_SATURATED):
+                    continue
+                if excl[j, i]:
+                    continue
+                buf[n] = v
+                n += 1
     return n, n_nan
 
 
@@ -311,8 +540,8 @@ def clipped_stats(buf, n, sigma, maxiters):
     if n == 0:
         return np.nan, np.nan, np.nan, 0
     v = buf[:n]
-    v.sort()
-    a, b = sigma_clip_sorted(v, sigma, maxiters)
+    radix_sort(v, np.empty(n, np.uint64))
+    a, b, mean, std, fresh = _clip_sorted(v, sigma, maxiters)
     if b <= a:
         return np.nan, np.nan, np.nan, 0
     s = v[a:b]
@@ -321,7 +550,9 @@ def clipped_stats(buf, n, sigma, maxiters):
         med = s[m // 2]
     else:
         med = 0.5 * (s[m // 2 - 1] + s[m // 2])
-    return np.mean(s), med, np.std(s), m
+    if not fresh:       # stopped by maxiters: the last statistics were of the previous slice
+        mean, std = mean_std(s)
+    return mean, med, std, m
 
 
 # ----------------------------------------------------------------------------------------

@@ -36,11 +36,45 @@ import math
 import numba
 import numpy as np
 
-from .aperture import MASK_BAD, MASK_OUTSIDE, MASK_SATURATED
+from .aperture import MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, radix_sort
 
 MAD_TO_SIGMA = 1.4826
 CHOOSE_LARGEST = 0
 CHOOSE_CENTRAL = 1
+
+
+@numba.njit(cache=True, inline="always")
+def _dev(t, p, med, side, i):
+    """``i``-th smallest deviation ``|t - med|`` on one side of ``p`` (side 0: t[:p], 1: t[p:])."""
+    return abs(t[p - 1 - i] - med) if side == 0 else abs(t[p + i] - med)
+
+
+@numba.njit(cache=True)
+def _kth_abs_dev(t, med, p, k):
+    """The ``k``-th smallest (0-based) of ``|t - med|`` for sorted ``t`` with ``t[:p] < med <= t[p:]``.
+
+    The deviations of ``t[:p]`` read backwards and of ``t[p:]`` read forwards are two sorted
+    runs; the k-th of their union is found by bisection on how many come from the first run,
+    so the median absolute deviation needs neither a second sort nor a merge walk.
+    """
+    m = t.shape[0]
+    nl = p
+    nr = m - p
+    lo = max(0, k + 1 - nr)
+    hi = min(k + 1, nl)
+    while lo < hi:
+        i = (lo + hi) // 2
+        if _dev(t, p, med, 0, i) < _dev(t, p, med, 1, k - i):
+            lo = i + 1
+        else:
+            hi = i
+    j = k + 1 - lo
+    best = -np.inf
+    if lo > 0:
+        best = _dev(t, p, med, 0, lo - 1)
+    if j > 0:
+        best = max(best, _dev(t, p, med, 1, j - 1))
+    return best
 
 
 @numba.njit(cache=True)
@@ -64,29 +98,35 @@ def mad_clip_stats(vals, clip, nlimit):
     n = vals.shape[0]
     if n == 0:
         return np.nan, np.nan
-    vals.sort()
+    radix_sort(vals, np.empty(n, np.uint64))
     m = n - nlimit if (nlimit > 0 and n >= 10 * nlimit) else n
     t = vals[:m]
     med = 0.5 * (t[(m - 1) // 2] + t[m // 2])
-    dev = np.abs(t - med)
-    dev.sort()
-    mad = 0.5 * (dev[(m - 1) // 2] + dev[m // 2])
+    p = np.searchsorted(t, med)
+    d1 = _kth_abs_dev(t, med, p, (m - 1) // 2)
+    d2 = d1 if m % 2 == 1 else _kth_abs_dev(t, med, p, m // 2)
+    mad = 0.5 * (d1 + d2)
     sig = MAD_TO_SIGMA * mad
     if not sig > 0.0:
         sig = 1e-10
-    s = 0.0
-    s2 = 0.0
-    k = 0
-    for v in vals:
-        if abs(v - med) <= clip * sig:
-            s += v
-            k += 1
+    # |v - med| falls then rises along the sorted values: the kept ones are one run [lo, hi).
+    lim = clip * sig
+    lo = 0
+    while lo < n and not abs(vals[lo] - med) <= lim:
+        lo += 1
+    hi = n
+    while hi > lo and not abs(vals[hi - 1] - med) <= lim:
+        hi -= 1
+    k = hi - lo
     if k == 0:
         return med, 0.0
+    s = 0.0
+    for i in range(lo, hi):
+        s += vals[i]
     mean = s / k
-    for v in vals:
-        if abs(v - med) <= clip * sig:
-            s2 += (v - mean) * (v - mean)
+    s2 = 0.0
+    for i in range(lo, hi):
+        s2 += (vals[i] - mean) * (vals[i] - mean)
     return mean, math.sqrt(s2 / k)
 
 
@@ -329,6 +369,7 @@ def stamp_diagnostics(sci, msk, ox, oy, sky, sd, flux_above):
     n10 = 0
     nnan = 0
     nout = 0
+    lim3 = 2.99 * sd
     for j in range(h):
         for i in range(w):
             if msk[j, i] & MASK_OUTSIDE:
@@ -344,7 +385,8 @@ def stamp_diagnostics(sci, msk, ox, oy, sky, sd, flux_above):
                 py = oy + j
             if v > flux_above:
                 na += 1
-            if sd > 0.0:
+            # Below 2.99 sd the quotient is certainly < 3 (rounding included): no division.
+            if sd > 0.0 and abs(v - sky) >= lim3:
                 z = abs(v - sky) / sd
                 if z >= 3.0:
                     n3 += 1

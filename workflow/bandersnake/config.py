@@ -7,6 +7,7 @@ without Snakemake.
 """
 
 import copy
+import glob
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -106,13 +107,14 @@ def night_config_files(nights_dir, night):
     return [p for p in (Path(nights_dir) / f"{date}.yaml", Path(nights_dir) / f"{night}.yaml") if p.exists()]
 
 
-def night_settings(night_defaults, nights_dir, night):
-    """Validated settings of ``night``: ``night_defaults`` overridden by its per-night files.
+def night_settings(night_defaults, nights_dir, night, instrument_defaults=None):
+    """Validated settings of ``night``: ``night_defaults``, then the instrument file's
+    ``night_settings`` (``instrument_defaults``), then its per-night files, key by key.
 
     bandersnatch's date files also carry ``paths``/``processing_flags``/``logging`` sections that
     Snakemake replaces; they are dropped here with no error so old files can be reused.
     """
-    settings = copy.deepcopy(night_defaults or {})
+    settings = deep_merge(night_defaults or {}, instrument_defaults or {})
     for path in night_config_files(nights_dir, night):
         data = load_yaml(path)
         for legacy in ("paths", "processing_flags", "logging", "save_processed_images_streaming"):
@@ -125,27 +127,116 @@ def night_settings(night_defaults, nights_dir, night):
     return settings
 
 
+def date_fields(date):
+    """Template fields of a night date ``YYYYMMDD``: ``{date}`` and ``{date_iso}`` (``YYYY-MM-DD``)."""
+    date = str(date)
+    return {"date": date, "date_iso": f"{date[:4]}-{date[4:6]}-{date[6:]}"}
+
+
+def instrument_layout(instrument, raw_layout):
+    """Raw layout of an instrument: its own ``raw_layout`` key when set, else the workflow's."""
+    return (instrument or {}).get("raw_layout") or raw_layout
+
+
+def _fill_layout(raw_layout, raw_root, inst, **dates):
+    """``raw_layout`` with its fields filled; ``raw_root`` is glob-escaped (it is a literal path)."""
+    try:
+        return raw_layout.format(raw_root=glob.escape(str(raw_root)), inst=inst, **dates)
+    except (KeyError, IndexError, ValueError) as err:
+        raise ConfigError(f"raw_layout {raw_layout!r}: unknown or malformed field ({err}); "
+                          "known fields: {raw_root}, {inst}, {date}, {date_iso}") from None
+
+
 def raw_night_dir(raw_layout, raw_root, night):
-    """Raw folder of ``night`` from the layout template."""
+    """Raw folder (or glob pattern, when the layout holds glob characters) of ``night``."""
     inst, date = parse_night_id(night)
-    return Path(raw_layout.format(raw_root=raw_root, inst=inst, date=date))
+    return Path(_fill_layout(raw_layout, raw_root, inst, **date_fields(date)))
 
 
-def discover_nights(raw_layout, raw_root, instruments):
-    """Night ids ``<INST>_<YYYYMMDD>`` whose raw folder exists and holds at least one file.
+def raw_night_dirs(raw_layout, raw_root, night):
+    """Existing raw folders of ``night``, sorted.
 
-    Only layouts ending in ``{date}`` below a fixed parent are discoverable; the search lists that
-    parent for eight-digit folder names.
+    The layout may hold glob characters (``*``, ``?``, ``[...]``) after the date fields are
+    filled in, e.g. ASTEP's ``{raw_root}/{date_iso}/{date_iso}-CAMS*``, which collects both the
+    ``-CAMS`` (science, darks, biases) and the ``-CAMS_SKYFLAT`` folder of a date.
     """
-    nights = []
-    for inst in instruments:
-        parent_template, _, tail = raw_layout.rpartition("{date}")
-        if tail.strip("/"):
-            raise ConfigError(f"raw_layout {raw_layout!r}: cannot discover nights unless it ends with {{date}}")
-        parent = Path(parent_template.format(raw_root=raw_root, inst=inst))
-        if not parent.is_dir():
+    pattern = str(raw_night_dir(raw_layout, raw_root, night))
+    if not glob.has_magic(pattern):
+        return [Path(pattern)] if Path(pattern).is_dir() else []
+    return [Path(p) for p in sorted(glob.glob(pattern)) if Path(p).is_dir()]
+
+
+def _glob_regex(pattern):
+    """Regex of a glob pattern; wildcards never cross a path separator."""
+    out, i = "", 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out += "[^/]*"
+        elif c == "?":
+            out += "[^/]"
+        elif c == "[" and "]" in pattern[i + 2:]:
+            j = pattern.index("]", i + 2)
+            body = pattern[i + 1:j]
+            negate = body.startswith("!")
+            body = "".join("\\" + ch if ch in "[]\\^" else ch for ch in body[negate:])
+            out += "[" + ("^" if negate else "") + body + "]"
+            i = j
+        else:
+            out += re.escape(c)
+        i += 1
+    return out
+
+
+def _layout_regex(raw_layout, raw_root, inst):
+    """Regex matching the paths of a layout, capturing ``date`` / ``date_iso``; and its glob."""
+    parts = re.split(r"(\{date\}|\{date_iso\})", raw_layout)
+    regex, pattern, seen = "", "", set()
+    for part in parts:
+        if part in ("{date}", "{date_iso}"):
+            name = part[1:-1]
+            if name in seen:  # a repeated field must take the same value
+                regex += f"(?P={name})"
+            else:
+                regex += r"(?P<date>\d{8})" if name == "date" else r"(?P<date_iso>\d{4}-\d{2}-\d{2})"
+                seen.add(name)
+            pattern += "[0-9]" * 8 if name == "date" else "[0-9]" * 4 + "-" + "[0-9]" * 2 + "-" + "[0-9]" * 2
             continue
-        for entry in sorted(parent.iterdir()):
-            if entry.is_dir() and re.fullmatch(r"\d{8}", entry.name) and any(entry.iterdir()):
-                nights.append(f"{inst}_{entry.name}")
-    return nights
+        literal = _fill_layout(part, raw_root, inst)
+        pattern += literal
+        regex += _glob_regex(literal)
+    if not seen:
+        raise ConfigError(f"raw_layout {raw_layout!r}: needs {{date}} or {{date_iso}} to discover nights")
+    return re.compile(regex + r"/?\Z"), pattern
+
+
+def discover_nights(raw_layout, raw_root, instruments, layouts=None):
+    """Night ids ``<INST>_<YYYYMMDD>`` having at least one file in a raw folder.
+
+    Discovery globs the layout with the date fields replaced by digit patterns, then reads the
+    date back from each matching folder. A date whose layout matches several folders (ASTEP's
+    ``-CAMS`` and ``-CAMS_SKYFLAT``) is one night.
+
+    Parameters
+    ----------
+    raw_layout : str
+        Workflow-wide layout template.
+    raw_root : str or Path
+    instruments : list of str
+    layouts : dict, optional
+        Per-instrument layout overriding ``raw_layout`` (the instrument file's ``raw_layout``).
+    """
+    nights = set()
+    for inst in instruments:
+        layout = (layouts or {}).get(inst) or raw_layout
+        regex, pattern = _layout_regex(layout, raw_root, inst)
+        for path in glob.glob(pattern):
+            match = regex.match(path)
+            if match is None or not Path(path).is_dir() or not any(Path(path).iterdir()):
+                continue
+            found = match.groupdict()
+            date = found.get("date") or found["date_iso"].replace("-", "")
+            if found.get("date_iso") and found.get("date") and found["date_iso"].replace("-", "") != found["date"]:
+                continue
+            nights.add(f"{inst}_{date}")
+    return sorted(nights)

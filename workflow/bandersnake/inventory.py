@@ -41,7 +41,11 @@ def _normalise(value):
 
 
 def classify(header, filename, instrument):
-    """Frame type from IMAGETYP variants, else from the instrument's file-name patterns.
+    """Frame type from IMAGETYP variants and the instrument's file-name patterns.
+
+    The instrument's ``frame_type_source`` says which is tried first ('header', the default, or
+    'filename', for cameras such as ASTEP whose file names carry the type); the other is the
+    fallback.
 
     Parameters
     ----------
@@ -60,16 +64,31 @@ def classify(header, filename, instrument):
     """
     key = instrument["keywords"]["imagetyp"]
     value = header.get(key)
-    if value is not None and str(value).strip():
-        norm = _normalise(value)
-        for frame_type in FRAME_TYPES:
-            if norm in {_normalise(v) for v in instrument["imagetyp_values"][frame_type]}:
-                return frame_type, f"{key}={str(value).strip()!r}"
+    by_header = _type_from_header(value, instrument)
+    by_name = _type_from_name(filename, instrument)
+    first, second = (by_name, by_header) if instrument.get("frame_type_source") == "filename" else (by_header, by_name)
+    for found in (first, second):
+        if found is not None:
+            return found
+    return "unknown", f"{key}={value!r}" if value is not None else f"no {key}"
+
+
+def _type_from_header(value, instrument):
+    if value is None or not str(value).strip():
+        return None
+    norm = _normalise(value)
+    for frame_type in FRAME_TYPES:
+        if norm in {_normalise(v) for v in instrument["imagetyp_values"][frame_type]}:
+            return frame_type, f"{instrument['keywords']['imagetyp']}={str(value).strip()!r}"
+    return None
+
+
+def _type_from_name(filename, instrument):
     name = filename.lower()
     for frame_type in FRAME_TYPES:
         if any(fnmatch.fnmatch(name, pat.lower()) for pat in instrument["filename_patterns"][frame_type]):
             return frame_type, "file name"
-    return "unknown", f"{key}={value!r}" if value is not None else f"no {key}"
+    return None
 
 
 def expected_data_bytes(header):
@@ -303,11 +322,76 @@ def make_inventory(paths, instrument, out_table, lists_dir, run="1", discard_n_f
 
 
 def raw_files(directory):
-    """Sorted raw FITS files directly in ``directory`` (``.fits``, ``.fit``, ``.fits.gz``, ``.fits.fz``)."""
+    """Sorted raw FITS files directly in ``directory`` (``.fits``, ``.fit``, ``.fits.gz``, ``.fits.fz``).
+
+    ``directory`` may also be a list of folders (a night spread over several, e.g. ASTEP's
+    ``-CAMS`` and ``-CAMS_SKYFLAT``): the files of all of them, sorted by path.
+    """
+    if isinstance(directory, (list, tuple)):
+        return sorted(f for d in directory for f in raw_files(d))
     directory = Path(directory)
     if not directory.is_dir():
         return []
     return sorted(str(directory / e.name) for e in os.scandir(directory) if e.is_file() and is_raw_fits_name(e.name))
+
+
+def exptime_tag(exptime):
+    """Exposure time (s) as it appears in file names: ``30``, ``12.5``, ``0.001`` (no exponent)."""
+    return np.format_float_positional(float(exptime), precision=6, trim="-")
+
+
+def exposure_times(table, frame_type, rtol=0.01):
+    """Distinct exposure times (s) of the accepted frames of ``frame_type``, sorted.
+
+    Times within ``rtol`` (relative) of each other are one group, represented by its first
+    (smallest) member: 29.999 s and 30.0 s are the same exposure.
+    """
+    sel = (np.asarray(table["type"]) == frame_type) & np.asarray(table["accepted"], dtype=bool)
+    groups = []
+    for t in sorted(float(v) for v in np.asarray(table["exptime"])[sel] if np.isfinite(v)):
+        if not groups or abs(t - groups[-1]) > rtol * groups[-1] + 1e-3:
+            groups.append(t)
+    return groups
+
+
+def list_files_exptime(table, frame_type, exptime, rtol=0.01, **match):
+    """Like :func:`list_files`, keeping frames whose exposure time is ``exptime`` (s) within ``rtol``."""
+    keep = (np.asarray(table["type"]) == frame_type) & np.asarray(table["accepted"], dtype=bool)
+    t = np.asarray(table["exptime"], dtype=float)
+    with np.errstate(invalid="ignore"):
+        keep &= np.abs(t - float(exptime)) <= rtol * float(exptime) + 1e-3
+    for column, value in match.items():
+        keep &= np.asarray(table[column]) == value
+    return [str(p) for p in np.asarray(table["path"])[keep]]
+
+
+def dark_plan(table, needed_exptimes, min_frames=3, rtol=0.01):
+    """Which master dark serves each needed exposure time.
+
+    Parameters
+    ----------
+    table : astropy.table.Table
+        Night inventory.
+    needed_exptimes : iterable of float
+        Exposure times (s) of the frames to calibrate (science, flats).
+    min_frames : int
+        Accepted darks of one exposure time needed for an exposure-matched master.
+    rtol : float
+
+    Returns
+    -------
+    dict
+        ``{exptime: matched_exptime or None}``; None means no (or too few) darks of that
+        exposure: the all-exposure master dark (ADU/s) is scaled, with a warning.
+    """
+    plan = {}
+    available = exposure_times(table, "dark", rtol)
+    for t in needed_exptimes:
+        match = next((d for d in available if abs(d - t) <= rtol * t + 1e-3), None)
+        if match is not None and len(list_files_exptime(table, "dark", match, rtol)) < min_frames:
+            match = None
+        plan[float(t)] = match
+    return plan
 
 
 def read_inventory(path):

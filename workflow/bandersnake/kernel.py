@@ -1,15 +1,21 @@
 """Numba per-frame kernel: calibrate only the pixels needed, centroid, and sum all apertures.
 
-One call of :func:`process_frame` handles one science frame:
+A science frame goes through two calls (:func:`process_frame` makes both):
 
-1. Tracking star: a stamp (half-width ``boxsize``) around its predicted position (reference
+1. :func:`track_frame` (tracking star, cheap, in frame order: it needs the previous frame's
+   offset). Tracking star: a stamp (half-width ``boxsize``) around its predicted position (reference
    position + the previous frame's offset) is calibrated and centroided (largest component).
    If no component is found, or it touches the stamp border, the search is widened to
    ``reacquire_radius``. The star lost in both: bit 1 and the previous offset is kept.
-2. Every star (``prange``): stamp at reference + offset, centroid on its central component,
+2. :func:`measure_frame` (all stars, independent of other frames, so frames can be measured
+   in parallel threads; the functions release the GIL). Every star: stamp at reference + offset, centroid on its central component,
    optional windowed refinement, stamp diagnostics.
-3. Every star (``prange``): photometry window around the final centroid, sigma-clipped annulus
+   Then every star: photometry window around the final centroid, sigma-clipped annulus
    sky, exact-overlap sums for every radius.
+
+Raw pixels are read where they lie in the file's data unit when possible (``code``,
+:func:`raw_value`): big-endian 16-bit integers are decoded (byte swap, BZERO) only for the
+pixels a frame needs, so a frame is never converted as a whole.
 
 ``mode`` selects where calibrated pixel values come from: ``MODE_RAW`` calibrates raw ADU on the
 fly (streaming), ``MODE_REDUCED`` copies them from a calibrated frame held in memory
@@ -33,8 +39,6 @@ import numba
 import numpy as np
 from numba import prange
 
-
-
 from .aperture import (MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, aperture_sums, annulus_values,
                        clipped_stats)
 from .centroid import (CHOOSE_CENTRAL, CHOOSE_LARGEST, find_component, refine_sigma,
@@ -43,9 +47,18 @@ from .centroid import (CHOOSE_CENTRAL, CHOOSE_LARGEST, find_component, refine_si
 MODE_RAW = 0
 MODE_REDUCED = 1
 
+# How raw pixel values are stored in the array handed to the kernel (see raw_value).
+RAW_NATIVE = 0      # native-endian numbers (float32 ADU)
+RAW_BE_U16 = 1      # big-endian 16-bit of BITPIX=16, BZERO=32768, BSCALE=1 (unsigned), as uint16
+RAW_BE_I16 = 2      # big-endian 16-bit of BITPIX=16, BZERO=0, BSCALE=1 (signed), as uint16
+
 # Integer parameters (ipar) and float parameters (fpar) of process_frame.
 IP_BOXSIZE, IP_REACQ, IP_NLIMIT, IP_REFINE, IP_MASKCPIX, IP_STAMPS, IP_SKYITERS, IP_SKYSUPP = range(8)
 FP_CLIP, FP_SKYSIGMA, FP_FLUXABOVE, FP_RIN, FP_ROUT, FP_SKYCLIP, FP_JUMP = range(7)
+# Calibration scalars (cpar): overscan level (ADU), exposure (s), gain (e-/ADU), read noise**2
+# (e-**2), saturation (raw ADU).
+CP_OFFSET, CP_EXPTIME, CP_GAIN, CP_RN2, CP_SAT = range(5)
+N_CPAR = 5
 
 # Columns of cent_out and phot_out.
 C_XC, C_YC, C_XW, C_YW, C_PX, C_PY, C_PV, C_NABOVE, C_N3, C_N5, C_N10 = range(11)
@@ -62,9 +75,37 @@ FLAG_CORRUPT = 32
 FLAG_REACQUIRED = 64
 
 
+def calib_params(offset, exptime, gain, read_noise, saturation):
+    """``cpar`` array of the kernel functions (units: ADU, s, e-/ADU, e-, ADU)."""
+    p = np.empty(N_CPAR)
+    p[CP_OFFSET] = offset
+    p[CP_EXPTIME] = exptime
+    p[CP_GAIN] = gain
+    p[CP_RN2] = read_noise * read_noise
+    p[CP_SAT] = saturation
+    return p
+
+
 @numba.njit(cache=True, inline="always")
-def _calib_one(raw, bias, dark, flat, y, x, offset, exptime, gain, rn2):
-    r = np.float64(raw[y, x])
+def raw_value(raw, y, x, code):
+    """Raw value (ADU, float64) of pixel ``(x, y)`` of an array stored as ``code`` says.
+
+    ``RAW_BE_U16`` / ``RAW_BE_I16``: the array holds the file's big-endian bytes read as
+    native uint16; swapping the two bytes gives the stored 16-bit integer, and BZERO=32768
+    (unsigned convention) flips its top bit. Both are exact, as astropy's scaling is.
+    """
+    if code == RAW_NATIVE:
+        return np.float64(raw[y, x])
+    u = np.int64(raw[y, x])
+    u = ((u & 0xFF) << 8) | (u >> 8)
+    if code == RAW_BE_U16:
+        return np.float64(u ^ 0x8000)
+    return np.float64(u - 65536 if u >= 32768 else u)
+
+
+@numba.njit(cache=True, inline="always")
+def _calib_one(raw, code, bias, dark, flat, y, x, offset, exptime, gain, rn2):
+    r = raw_value(raw, y, x, code)
     f = np.float64(flat[y, x])
     c = (r - offset - np.float64(bias[y, x])) * gain
     sci = (c - np.float64(dark[y, x]) * exptime * gain) / f
@@ -73,7 +114,7 @@ def _calib_one(raw, bias, dark, flat, y, x, offset, exptime, gain, rn2):
 
 
 @numba.njit(cache=True)
-def calib_bad(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2):
+def calib_bad(raw, code, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2):
     """Mean of the usable 8 neighbours (value) and their root-mean-square error, or NaN."""
     ny, nx = raw.shape
     s = 0.0
@@ -83,9 +124,9 @@ def calib_bad(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2):
         for xx in range(x - 1, x + 2):
             if (yy == y and xx == x) or yy < 0 or xx < 0 or yy >= ny or xx >= nx:
                 continue
-            if smask[yy, xx] & MASK_BAD or math.isnan(np.float64(raw[yy, xx])):
+            if smask[yy, xx] & MASK_BAD or math.isnan(raw_value(raw, yy, xx, code)):
                 continue
-            v, e = _calib_one(raw, bias, dark, flat, yy, xx, offset, exptime, gain, rn2)
+            v, e = _calib_one(raw, code, bias, dark, flat, yy, xx, offset, exptime, gain, rn2)
             s += v
             se2 += e * e
             k += 1
@@ -95,83 +136,144 @@ def calib_bad(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2):
 
 
 @numba.njit(cache=True, inline="always")
-def calib_pixel(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2, sat):
+def calib_pixel(raw, code, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2, sat):
     """Calibrated value, error (e-, float64) and mask bits of raw pixel ``(x, y)``.
 
     Bad pixels (``MASK_BAD``) come out with their plain calibrated value: callers replace it
     with :func:`calib_bad` in a second pass (a call in this hot path makes it ~30x slower).
     """
     m = smask[y, x]
-    r = np.float64(raw[y, x])
+    r = raw_value(raw, y, x, code)
     if r >= sat:
         m |= MASK_SATURATED
     if math.isnan(r):
         return np.nan, np.nan, m
-    sci, err = _calib_one(raw, bias, dark, flat, y, x, offset, exptime, gain, rn2)
+    sci, err = _calib_one(raw, code, bias, dark, flat, y, x, offset, exptime, gain, rn2)
     return sci, err, m
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
-def calibrate_full(raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
+def calibrate_full(raw, code, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
                    sci_out, err_out, msk_out):
     """Calibrate a whole frame into float32 SCI/ERR (e-) and uint8 MASK arrays (rows in parallel)."""
     ny, nx = raw.shape
     for y in prange(ny):
         for x in range(nx):
-            s, e, m = calib_pixel(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2, sat)
+            s, e, m = calib_pixel(raw, code, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2, sat)
             sci_out[y, x] = np.float32(s)
             err_out[y, x] = np.float32(e)
             msk_out[y, x] = m
         for x in range(nx):
             if smask[y, x] & MASK_BAD:
-                s, e = calib_bad(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2)
+                s, e = calib_bad(raw, code, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2)
                 sci_out[y, x] = np.float32(s)
                 err_out[y, x] = np.float32(e)
 
 
 @numba.njit(cache=True)
-def fill_window(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
-                sci_f, err_f, msk_f, ny, nx, ox, oy, sci_w, err_w, msk_w):
-    """Fill a window (origin ``(ox, oy)``) with calibrated float64 values rounded through float32."""
+def fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f,
+                ox, oy, sci_w, err_w, msk_w, e0, e1, rlim):
+    """Fill a window (origin ``(ox, oy)``) with calibrated float64 values rounded through float32.
+
+    ``sci_w`` (e-) and ``msk_w``: pixels off the image get NaN and ``MASK_OUTSIDE``. With
+    ``rlim > 0`` only the pixels within ``rlim`` px of the window's centre pixel, and the
+    ``[e0, e1)`` square, are calibrated; the others are left as NaN with ``MASK_OUTSIDE``
+    (a photometry window is read within ``r_out`` of the centroid only: ~25 % fewer pixels).
+    ``err_w`` (e-) is filled for window rows and columns in ``[e0, e1)`` only: the per-pixel
+    error is needed inside the apertures only. Values are those of :func:`calib_pixel` and
+    :func:`calib_bad` (same operations in the same order).
+    """
     h, w = sci_w.shape
+    if mode == MODE_RAW:
+        ny, nx = raw.shape
+    else:
+        ny, nx = sci_f.shape
+    offset = cpar[CP_OFFSET]
+    exptime = cpar[CP_EXPTIME]
+    gain = cpar[CP_GAIN]
+    rn2 = cpar[CP_RN2]
+    sat = cpar[CP_SAT]
+    nbad = 0
+    cw = w // 2      # centre pixel of the window
     for j in range(h):
         y = oy + j
-        for i in range(w):
-            x = ox + i
-            if y < 0 or x < 0 or y >= ny or x >= nx:
-                sci_w[j, i] = np.nan
-                err_w[j, i] = np.nan
-                msk_w[j, i] = MASK_OUTSIDE
-            elif mode == MODE_RAW:
-                s, e, m = calib_pixel(raw, bias, dark, flat, smask, y, x, offset, exptime, gain, rn2, sat)
-                sci_w[j, i] = np.float64(np.float32(s))
-                err_w[j, i] = np.float64(np.float32(e))
+        # Calibrated columns [i0, i1): in the image (the inner loops then run without bound
+        # checks) and, with rlim, within the disc and the err square.
+        lo = 0
+        hi = w
+        if rlim > 0.0:
+            hw = int(math.floor(math.sqrt(max(rlim * rlim - (j - cw) * (j - cw), 0.0))))
+            lo = max(cw - hw, 0)
+            hi = min(cw + hw + 1, w)
+            if e0 <= j < e1 and e1 > e0:
+                lo = min(lo, e0)
+                hi = max(hi, e1)
+        if 0 <= y < ny and hi > lo:
+            i0 = min(max(-ox, lo), hi)
+            i1 = max(min(nx - ox, hi), i0)
+        else:
+            i0 = w
+            i1 = w
+        for i in range(0, i0):
+            sci_w[j, i] = np.nan
+            err_w[j, i] = np.nan
+            msk_w[j, i] = MASK_OUTSIDE
+        for i in range(i1, w):
+            sci_w[j, i] = np.nan
+            err_w[j, i] = np.nan
+            msk_w[j, i] = MASK_OUTSIDE
+        if i1 <= i0:
+            continue
+        k0 = max(i0, e0)
+        k1 = min(i1, e1) if e0 <= j < e1 else k0
+        if mode == MODE_RAW:
+            for i in range(i0, i1):
+                x = ox + i
+                r = raw_value(raw, y, x, code)
+                m = smask[y, x]
+                if r >= sat:
+                    m |= MASK_SATURATED
+                f = np.float64(flat[y, x])
+                c = (r - offset - np.float64(bias[y, x])) * gain
+                sci = (c - np.float64(dark[y, x]) * exptime * gain) / f
+                sci_w[j, i] = np.float64(np.float32(sci)) if not math.isnan(r) else np.nan
                 msk_w[j, i] = m
-            else:
-                sci_w[j, i] = np.float64(sci_f[y, x])
-                err_w[j, i] = np.float64(err_f[y, x])
-                msk_w[j, i] = msk_f[y, x]
-    if mode == MODE_RAW:
+                nbad += m & MASK_BAD
+            for i in range(k0, k1):
+                x = ox + i
+                r = raw_value(raw, y, x, code)
+                f = np.float64(flat[y, x])
+                c = (r - offset - np.float64(bias[y, x])) * gain
+                err = math.sqrt(max(c, 0.0) + rn2) / f
+                err_w[j, i] = np.float64(np.float32(err)) if not math.isnan(r) else np.nan
+        else:
+            for i in range(i0, i1):
+                sci_w[j, i] = np.float64(sci_f[y, ox + i])
+                msk_w[j, i] = msk_f[y, ox + i]
+            for i in range(k0, k1):
+                err_w[j, i] = np.float64(err_f[y, ox + i])
+    if mode == MODE_RAW and nbad > 0:
         for j in range(h):
             for i in range(w):
                 if msk_w[j, i] & MASK_BAD and not msk_w[j, i] & MASK_OUTSIDE:
-                    s, e = calib_bad(raw, bias, dark, flat, smask, oy + j, ox + i, offset, exptime, gain, rn2)
+                    s, e = calib_bad(raw, code, bias, dark, flat, smask, oy + j, ox + i, offset, exptime,
+                                     gain, rn2)
                     sci_w[j, i] = np.float64(np.float32(s))
-                    err_w[j, i] = np.float64(np.float32(e))
+                    if e0 <= j < e1 and e0 <= i < e1:
+                        err_w[j, i] = np.float64(np.float32(e))
 
 
 @numba.njit(cache=True)
-def _search(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
-            sci_f, err_f, msk_f, ny, nx, tx, ty, half, clip, nlimit, sky_sigma):
+def _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f,
+            tx, ty, half, clip, nlimit, sky_sigma):
     """Centroid the largest component in a stamp of half-width ``half`` around (tx, ty)."""
     n = 2 * half + 1
     ox = int(round(tx)) - half
     oy = int(round(ty)) - half
     sci = np.empty((n, n))
-    err = np.empty((n, n))
     msk = np.empty((n, n), np.uint8)
-    fill_window(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
-                sci_f, err_f, msk_f, ny, nx, ox, oy, sci, err, msk)
+    fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f, ox, oy, sci, sci, msk, 0, 0,
+                0.0)
     sky, sd = stamp_sky(sci, msk, clip, nlimit)
     if math.isnan(sky):
         return 0, np.nan, np.nan, False
@@ -181,30 +283,24 @@ def _search(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
     return lab, cx, cy, touches
 
 
-@numba.njit(parallel=True, nogil=True, cache=True)
-def process_frame(mode, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
-                  offset, exptime, gain, read_noise, sat,
-                  ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, radii,
-                  cent_out, cflag, phot_out, pflag, stamps, stamp_org, comp, state):
-    """Centroids and multi-aperture photometry of all stars of one frame.
+@numba.njit(nogil=True, cache=True)
+def track_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
+                ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, state):
+    """Offset of the field in one frame from its tracking star (step 1 of the module docstring).
 
     Parameters
     ----------
     mode : int
-        ``MODE_RAW`` (calibrate ``raw`` ADU with the masters) or ``MODE_REDUCED`` (read
+        ``MODE_RAW`` (calibrate ``raw`` with the masters) or ``MODE_REDUCED`` (read
         ``sci_f``/``err_f``/``msk_f``, float32 e- and uint8 mask). Unused arrays may be 1x1.
+    code : int
+        Storage of ``raw`` (``RAW_*``, see :func:`raw_value`).
+    raw : 2-D array
+        Raw frame (ADU as ``code`` says), trimmed to the masters' shape.
     bias, dark, flat, smask : 2-D arrays
         Master bias (ADU), dark (ADU/s), flat (normalised) and static mask (``MASK_*``).
-    offset : float
-        Scalar subtracted from raw values before the bias (overscan level, ADU).
-    exptime : float
-        Exposure time (s).
-    gain : float
-        e-/ADU.
-    read_noise : float
-        e-.
-    sat : float
-        Saturation level (raw ADU).
+    cpar : 1-D float64
+        Calibration scalars, indices ``CP_*`` (:func:`calib_params`).
     ref_x, ref_y : 1-D float64
         Reference star positions (px, 0-based).
     track : int
@@ -213,43 +309,23 @@ def process_frame(mode, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
         Offset of the field found in the previous frame (px).
     ipar, fpar : 1-D int64 / float64
         Parameters, indices ``IP_*`` / ``FP_*``.
-    radii : 1-D float64
-        Aperture radii (px).
-    cent_out : (n_stars, N_CENT) float64, cflag : (n_stars,) int32
-    phot_out : (n_ap, n_stars, N_PHOT) float64, pflag : (n_ap, n_stars) int32
-    stamps : (n_stars, 2b+1, 2b+1) float32, stamp_org : (n_stars, 2) int64
-        Centroid stamps (written when ``ipar[IP_STAMPS]``) and their origins (x, y).
-    comp : (n_stars, 2b+1, 2b+1) uint8
-        Work array: centroid component of each star.
     state : (3,) float64
         Out: field offset dx, dy (px) and the frame flag bits.
     """
-    if mode == MODE_RAW:
-        ny, nx = raw.shape
-    else:
-        ny, nx = sci_f.shape
     b = ipar[IP_BOXSIZE]
     reacq = ipar[IP_REACQ]
     nlimit = ipar[IP_NLIMIT]
-    refine = ipar[IP_REFINE] != 0
-    mask_cpix = ipar[IP_MASKCPIX] != 0
     clip = fpar[FP_CLIP]
     sky_sigma = fpar[FP_SKYSIGMA]
-    rn2 = read_noise * read_noise
-    n_stars = ref_x.shape[0]
-    nap = radii.shape[0]
-
-    # 1. Tracking star -> rigid offset of the field.
     tx = ref_x[track] + prev_dx
     ty = ref_y[track] + prev_dy
-    lab, cx, cy, touches = _search(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
-                                   sci_f, err_f, msk_f, ny, nx, tx, ty, b, clip, nlimit, sky_sigma)
+    lab, cx, cy, touches = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f,
+                                   tx, ty, b, clip, nlimit, sky_sigma)
     frame_flag = 0
     widened = False
     if (lab == 0 or touches) and reacq > b:
-        lab2, cx2, cy2, touches2 = _search(mode, raw, bias, dark, flat, smask, offset, exptime, gain,
-                                           rn2, sat, sci_f, err_f, msk_f, ny, nx, tx, ty, reacq,
-                                           clip, nlimit, sky_sigma)
+        lab2, cx2, cy2, touches2 = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f,
+                                           msk_f, tx, ty, reacq, clip, nlimit, sky_sigma)
         if lab2 > 0:
             lab, cx, cy = lab2, cx2, cy2
             widened = True
@@ -266,20 +342,58 @@ def process_frame(mode, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
     state[1] = dy
     state[2] = frame_flag
 
-    # 2. Per-star centroids on stamps at the rigidly shifted positions.
+
+@numba.njit(nogil=True, cache=True)
+def measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
+                  ref_x, ref_y, ipar, fpar, radii, state,
+                  cent_out, cflag, phot_out, pflag, stamps, stamp_org, comp):
+    """Centroids and multi-aperture photometry of all stars of one frame (step 2).
+
+    Parameters
+    ----------
+    mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar, ref_x, ref_y, ipar, fpar
+        As :func:`track_frame`.
+    radii : 1-D float64
+        Aperture radii (px).
+    state : (3,) float64
+        Field offset dx, dy (px) and frame flag bits, from :func:`track_frame`.
+    cent_out : (n_stars, N_CENT) float64, cflag : (n_stars,) int32
+    phot_out : (n_ap, n_stars, N_PHOT) float64, pflag : (n_ap, n_stars) int32
+    stamps : (n_stars, 2b+1, 2b+1) float32, stamp_org : (n_stars, 2) int64
+        Centroid stamps (written when ``ipar[IP_STAMPS]``) and their origins (x, y).
+    comp : (n_stars, 2b+1, 2b+1) uint8
+        Work array: centroid component of each star.
+    """
+    if mode == MODE_RAW:
+        ny, nx = raw.shape
+    else:
+        ny, nx = sci_f.shape
+    b = ipar[IP_BOXSIZE]
+    nlimit = ipar[IP_NLIMIT]
+    refine = ipar[IP_REFINE] != 0
+    mask_cpix = ipar[IP_MASKCPIX] != 0
+    clip = fpar[FP_CLIP]
+    sky_sigma = fpar[FP_SKYSIGMA]
+    n_stars = ref_x.shape[0]
+    nap = radii.shape[0]
+    dx = state[0]
+    dy = state[1]
+    frame_flag = np.int32(state[2])
+
+    # Per-star centroids on stamps at the rigidly shifted positions.
     n = 2 * b + 1
-    for s in prange(n_stars):
+    sci = np.empty((n, n))
+    msk = np.empty((n, n), np.uint8)
+    labels = np.zeros((n, n), np.int64)
+    for s in range(n_stars):
         px = ref_x[s] + dx
         py = ref_y[s] + dy
         ox = int(round(px)) - b
         oy = int(round(py)) - b
         stamp_org[s, 0] = ox
         stamp_org[s, 1] = oy
-        sci = np.empty((n, n))
-        err = np.empty((n, n))
-        msk = np.empty((n, n), np.uint8)
-        fill_window(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
-                    sci_f, err_f, msk_f, ny, nx, ox, oy, sci, err, msk)
+        fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f, ox, oy,
+                    sci, sci, msk, 0, 0, 0.0)
         if ipar[IP_STAMPS]:
             for j in range(n):
                 for i in range(n):
@@ -288,7 +402,7 @@ def process_frame(mode, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
         sky, sd = stamp_sky(sci, msk, clip, nlimit)
         pxk, pyk, pv, na, n3, n5, n10, nnan, nout = stamp_diagnostics(sci, msk, ox, oy, sky, sd,
                                                                       fpar[FP_FLUXABOVE])
-        labels = np.zeros((n, n), np.int64)
+        labels[:, :] = 0
         lab_s = 0
         ccx = np.nan
         ccy = np.nan
@@ -335,24 +449,41 @@ def process_frame(mode, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
         cent_out[s, C_N10] = n10
         cflag[s] = flag
 
-    # 3. Photometry around the final centroids.
+    # Photometry around the final centroids.
     r_in = fpar[FP_RIN]
     r_out = fpar[FP_ROUT]
-    half = int(math.ceil(max(r_out, radii.max()))) + 1
+    rmax = radii.max()
+    half = int(math.ceil(max(r_out, rmax))) + 1
     m = 2 * half + 1
-    for s in prange(n_stars):
+    # aperture_sums reads err within floor(xc +- rmax + 0.5) only: a square of half-width
+    # ceil(rmax) + 1 around round(xc) holds it.
+    e0 = max(half - int(math.ceil(rmax)) - 1, 0)
+    e1 = min(half + int(math.ceil(rmax)) + 2, m)
+    # A pixel centre within r_out of the centroid lies within r_out + sqrt(0.5) of the centre
+    # pixel round(xc), round(yc); mask_centroid_pixels reads the same annulus pixels.
+    rlim = r_out + 1.0
+    sci = np.empty((m, m))
+    err = np.empty((m, m))
+    msk = np.empty((m, m), np.uint8)
+    excl = np.zeros((m, m), np.bool_)
+    buf = np.empty(m * m)
+    sums = np.empty(nap)
+    area = np.empty(nap)
+    var = np.empty(nap)
+    nbad = np.empty(nap, np.int64)
+    nsatp = np.empty(nap, np.int64)
+    nnanp = np.empty(nap, np.int64)
+    noutp = np.empty(nap, np.int64)
+    for s in range(n_stars):
         xc = cent_out[s, C_XC]
         yc = cent_out[s, C_YC]
         ox = int(round(xc)) - half
         oy = int(round(yc)) - half
-        sci = np.empty((m, m))
-        err = np.empty((m, m))
-        msk = np.empty((m, m), np.uint8)
-        fill_window(mode, raw, bias, dark, flat, smask, offset, exptime, gain, rn2, sat,
-                    sci_f, err_f, msk_f, ny, nx, ox, oy, sci, err, msk)
-        excl = np.zeros((m, m), np.bool_)
+        fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f, ox, oy,
+                    sci, err, msk, e0, e1, rlim)
         if mask_cpix:
             # Pixels of any star's centroid component are left out of this star's sky.
+            excl[:, :] = False
             for t in range(n_stars):
                 tox = stamp_org[t, 0]
                 toy = stamp_org[t, 1]
@@ -364,16 +495,8 @@ def process_frame(mode, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
                         xx = tox + i - ox
                         if 0 <= xx < m and comp[t, j, i]:
                             excl[yy, xx] = True
-        buf = np.empty(m * m)
         nsky, nan_ann = annulus_values(sci, msk, excl, ox, oy, xc, yc, r_in, r_out, buf)
         sky, med, sky_sd, nused = clipped_stats(buf, nsky, fpar[FP_SKYCLIP], ipar[IP_SKYITERS])
-        sums = np.empty(nap)
-        area = np.empty(nap)
-        var = np.empty(nap)
-        nbad = np.empty(nap, np.int64)
-        nsatp = np.empty(nap, np.int64)
-        nnanp = np.empty(nap, np.int64)
-        noutp = np.empty(nap, np.int64)
         aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, sums, area, var, nbad, nsatp, nnanp, noutp)
         for k in range(nap):
             flag = frame_flag
@@ -405,3 +528,15 @@ def process_frame(mode, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
             phot_out[k, s, P_NSKY] = nused
             phot_out[k, s, P_AREA] = area[k]
             pflag[k, s] = flag
+
+
+@numba.njit(nogil=True, cache=True)
+def process_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
+                  ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, radii,
+                  cent_out, cflag, phot_out, pflag, stamps, stamp_org, comp, state):
+    """:func:`track_frame` then :func:`measure_frame` on one frame (arguments as theirs)."""
+    track_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
+                ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, state)
+    measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
+                  ref_x, ref_y, ipar, fpar, radii, state,
+                  cent_out, cflag, phot_out, pflag, stamps, stamp_org, comp)

@@ -10,9 +10,12 @@ Products (docs/ARCHITECTURE.md) under ``out_dir = work/<night>/<TARGET>/``:
 Both paths run :func:`bandersnake.kernel.process_frame` on identical float64 values (see
 :mod:`bandersnake.reduce`), so their tables agree to the last bit:
 
-* :func:`run_streaming` reads raw frames (a thread pool reads ahead while the numba kernel,
+* :func:`run_streaming` reads raw frames (a reader thread reads ahead while the numba kernel,
   which releases the GIL, works) and calibrates only the stamps and annuli it needs, or the
-  whole frame when calibrated frames are saved;
+  whole frame when calibrated frames are saved. The tracking star is found frame after frame
+  in the main thread (each frame starts from the previous offset); the stars of different
+  frames are then measured in parallel on ``threads`` threads (the main thread and
+  ``threads - 1`` workers, a whole frame per task: no per-star synchronisation);
 * :func:`reduce_frames` (in :mod:`bandersnake.reduce`) then
   :func:`centroid_and_photometry_from_reduced` go through calibrated frames on disk.
 
@@ -40,6 +43,7 @@ was found by the widened search).
 import logging
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +54,7 @@ from astropy.table import Table
 from . import kernel as K
 from . import timing
 from .errors import FrameError
-from .fitsio import write_fits
+from .fitsio import atomic_path, write_fits
 from .reduce import (Calibration, calibrate_frame, load_calibration, prefetch, read_raw, reduced_name,
                      write_calibrated, header_fields)
 from .targets import TargetEntry
@@ -125,7 +129,7 @@ class CoreSettings:
 
 
 class _Results:
-    """Per-frame outputs of a night, preallocated (frames x stars)."""
+    """Per-frame outputs of a night, preallocated (frames first, so one frame's rows are contiguous)."""
 
     def __init__(self, n_frames, n_stars, n_ap, box, stamps):
         self.n = n_frames
@@ -137,17 +141,22 @@ class _Results:
         self.airmass = np.full(n_frames, np.nan)
         self.cent = np.full((n_frames, n_stars, K.N_CENT), np.nan)
         self.cflag = np.zeros((n_frames, n_stars), np.int32)
-        self.phot = np.full((n_ap, n_frames, n_stars, K.N_PHOT), np.nan)
-        self.pflag = np.zeros((n_ap, n_frames, n_stars), np.int32)
-        self.offset = np.full((n_frames, 2), np.nan)
+        self.phot = np.full((n_frames, n_ap, n_stars, K.N_PHOT), np.nan)
+        self.pflag = np.zeros((n_frames, n_ap, n_stars), np.int32)
+        self.state = np.full((n_frames, 3), np.nan)        # field offset dx, dy (px), frame flags
         n = 2 * box + 1
         self.stamps = np.full((n_frames, n_stars, n, n), np.nan, np.float32) if stamps else None
         self.stamp_org = np.zeros((n_frames, n_stars, 2), np.int64)
         self.problems = []          # (file, reason) of unreadable frames
 
+    @property
+    def offset(self):
+        return self.state[:, :2]
+
 
 class _FrameRunner:
-    """Calls the kernel frame after frame, carrying the field offset from one frame to the next."""
+    """Runs the kernel on the frames of a night: :meth:`track` in frame order (it carries the
+    field offset from one frame to the next), then :meth:`measure`, which any thread may run."""
 
     def __init__(self, target, st, cal, n_frames):
         self.t = target
@@ -160,19 +169,11 @@ class _FrameRunner:
         self.ref_x = np.ascontiguousarray(target.positions[:, 0], np.float64)
         self.ref_y = np.ascontiguousarray(target.positions[:, 1], np.float64)
         self.res = _Results(n_frames, ns, len(self.radii), st.boxsize, st.save_poststamps)
-        n = 2 * st.boxsize + 1
-        self._cent = np.empty((ns, K.N_CENT))
-        self._cflag = np.empty(ns, np.int32)
-        self._phot = np.empty((len(self.radii), ns, K.N_PHOT))
-        self._pflag = np.empty((len(self.radii), ns), np.int32)
-        self._stamps = np.empty((ns, n, n) if st.save_poststamps else (ns, 1, 1), np.float32)
-        self._org = np.empty((ns, 2), np.int64)
-        self._comp = np.empty((ns, n, n), np.uint8)
-        self._state = np.zeros(3)
+        self._n = 2 * st.boxsize + 1
+        self._no_stamps = np.empty((ns, 1, 1), np.float32)
         self.prev = (0.0, 0.0)
         self._d2f = np.zeros((1, 1), np.float32)
         self._d2u = np.zeros((1, 1), np.uint8)
-        self._d2raw = np.zeros((1, 1), np.float32)
 
     def record_meta(self, k, path, exptime, jd, ra, dec, airmass):
         r = self.res
@@ -183,7 +184,7 @@ class _FrameRunner:
         r = self.res
         r.files[k] = str(path)
         r.cflag[k] = K.FLAG_CORRUPT
-        r.pflag[:, k] = K.FLAG_CORRUPT
+        r.pflag[k] = K.FLAG_CORRUPT
         r.problems.append((str(path), reason))
         log.warning("frame %d %s: %s (row kept with NaNs, flag 32)", k, path, reason)
         if header is not None:
@@ -192,29 +193,73 @@ class _FrameRunner:
             except FrameError:
                 pass
 
-    def run(self, k, mode, raw=None, offset=0.0, exptime=0.0, sci=None, err=None, msk=None):
-        """Process frame ``k`` (raw ADU with ``mode=MODE_RAW``, calibrated arrays otherwise)."""
+    def frame_args(self, mode, raw=None, code=K.RAW_NATIVE, offset=0.0, exptime=0.0, sci=None, err=None,
+                   msk=None):
+        """The image arguments of the kernel for one frame (raw ADU with ``MODE_RAW``, else calibrated)."""
         cal = self.cal
         if mode == K.MODE_RAW:
-            args = (raw, self._d2f, self._d2f, self._d2u, cal.bias, cal.dark, cal.flat, cal.static_mask,
-                    float(offset), float(exptime), cal.gain, cal.read_noise, cal.saturation_adu)
-        else:
-            args = (self._d2raw, sci, err, msk, self._d2f, self._d2f, self._d2f, self._d2u,
-                    0.0, float(exptime), 1.0, 0.0, np.inf)
-        K.process_frame(mode, *args, self.ref_x, self.ref_y, int(self.t.tracking_star),
-                        float(self.prev[0]), float(self.prev[1]), self.ipar, self.fpar, self.radii,
-                        self._cent, self._cflag, self._phot, self._pflag, self._stamps, self._org,
-                        self._comp, self._state)
+            return (mode, code, raw, self._d2f, self._d2f, self._d2u, cal.bias, cal.dark, cal.flat,
+                    cal.static_mask, K.calib_params(offset, exptime, cal.gain, cal.read_noise, cal.saturation_adu))
+        return (mode, K.RAW_NATIVE, self._d2f, sci, err, msk, self._d2f, self._d2f, self._d2f, self._d2u,
+                K.calib_params(0.0, exptime, 1.0, 0.0, np.inf))
+
+    def track(self, k, fargs):
+        """Tracking star of frame ``k`` from the previous frame's offset (call in frame order)."""
+        state = self.res.state[k]
+        K.track_frame(*fargs, self.ref_x, self.ref_y, int(self.t.tracking_star), float(self.prev[0]),
+                      float(self.prev[1]), self.ipar, self.fpar, state)
+        self.prev = (state[0], state[1])
+
+    def measure(self, k, fargs):
+        """Centroids and photometry of frame ``k`` into the result rows (after :meth:`track`)."""
         r = self.res
-        r.cent[k] = self._cent
-        r.cflag[k] = self._cflag
-        r.phot[:, k] = self._phot
-        r.pflag[:, k] = self._pflag
-        r.offset[k] = self._state[:2]
-        r.stamp_org[k] = self._org
-        if r.stamps is not None:
-            r.stamps[k] = self._stamps
-        self.prev = (self._state[0], self._state[1])
+        stamps = r.stamps[k] if r.stamps is not None else self._no_stamps
+        comp = np.empty((self.t.n_stars, self._n, self._n), np.uint8)
+        K.measure_frame(*fargs, self.ref_x, self.ref_y, self.ipar, self.fpar, self.radii, r.state[k],
+                        r.cent[k], r.cflag[k], r.phot[k], r.pflag[k], stamps, r.stamp_org[k], comp)
+
+    def run(self, k, mode, raw=None, code=K.RAW_NATIVE, offset=0.0, exptime=0.0, sci=None, err=None,
+            msk=None):
+        """Track and measure frame ``k`` in this thread."""
+        fargs = self.frame_args(mode, raw, code, offset, exptime, sci, err, msk)
+        self.track(k, fargs)
+        self.measure(k, fargs)
+
+
+class _Measurer:
+    """Measures tracked frames on ``threads`` threads: the calling thread and ``threads - 1``
+    workers, frames dealt in turn (no worker at all when ``threads`` is 1).
+
+    The calling thread takes its share rather than waiting: on a 2-core machine shared with a
+    reader thread, one more busy thread only adds contention. At most ``2 * (threads - 1)``
+    frames wait in the workers' queue, which bounds the memory they hold.
+    """
+
+    def __init__(self, runner, threads):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.runner = runner
+        self.threads = max(1, int(threads))
+        self.pool = ThreadPoolExecutor(max_workers=self.threads - 1) if self.threads > 1 else None
+        self.pending = deque()
+        self.count = 0
+
+    def submit(self, k, fargs):
+        self.count += 1
+        if self.pool is None or self.count % self.threads == 0:
+            self.runner.measure(k, fargs)
+            return
+        self.pending.append(self.pool.submit(self.runner.measure, k, fargs))
+        while len(self.pending) > 2 * (self.threads - 1):
+            self.pending.popleft().result()
+
+    def close(self):
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
 
 
 def _set_threads(threads):
@@ -253,7 +298,8 @@ def run_streaming(science_paths, masters, instrument, night_settings, target_ent
     out_dir : str or Path
         ``work/<night>/<TARGET>``.
     threads : int
-        numba threads of the kernel (``prange`` over stars).
+        Threads measuring frames in parallel (and numba threads of the whole-frame
+        calibration when ``save_reduced_dir`` is given).
     save_reduced_dir : str or Path, optional
         Also write every calibrated frame there (the whole frame is then calibrated).
     readers : int
@@ -284,6 +330,7 @@ def run_streaming(science_paths, masters, instrument, night_settings, target_ent
     from concurrent.futures import ThreadPoolExecutor
     writer = ThreadPoolExecutor(max_workers=1) if save_reduced_dir is not None else None
     writes = []
+    measurer = _Measurer(runner, threads if save_reduced_dir is None else 1)
     try:
         for k, item in enumerate(prefetch(load, paths, workers=readers, depth=2 + 2 * readers)):
             if isinstance(item, FrameError):
@@ -291,7 +338,10 @@ def run_streaming(science_paths, masters, instrument, night_settings, target_ent
                 continue
             runner.record_meta(k, item.path, item.exptime, item.jd_mid, item.ra, item.dec, item.airmass)
             if save_reduced_dir is None:
-                runner.run(k, K.MODE_RAW, raw=item.data, offset=item.offset, exptime=item.exptime)
+                fargs = runner.frame_args(K.MODE_RAW, raw=item.raw, code=item.code, offset=item.offset,
+                                          exptime=item.exptime)
+                runner.track(k, fargs)
+                measurer.submit(k, fargs)
             else:
                 sci, err, msk = calibrate_frame(item, cal)
                 runner.run(k, K.MODE_REDUCED, sci=sci, err=err, msk=msk, exptime=item.exptime)
@@ -299,6 +349,7 @@ def run_streaming(science_paths, masters, instrument, night_settings, target_ent
                 dest = Path(save_reduced_dir) / reduced_name(item.path)
                 writes.append(writer.submit(write_calibrated, dest, item, sci, err, msk, cal))
     finally:
+        measurer.close()
         if writer is not None:
             for fut in writes:
                 fut.result()
@@ -375,15 +426,21 @@ def centroid_and_photometry_from_reduced(science_paths, reduced_dir, instrument,
             return e
 
     first_header = None
-    for k, item in enumerate(prefetch(load, paths, workers=readers, depth=2 + 2 * readers)):
-        if isinstance(item, FrameError):
-            runner.record_failure(k, paths[k], item.reason)
-            continue
-        sci, err, msk, header, meta = item
-        if first_header is None:
-            first_header = header
-        runner.record_meta(k, paths[k], *meta)
-        runner.run(k, K.MODE_REDUCED, sci=sci, err=err, msk=msk, exptime=meta[0])
+    measurer = _Measurer(runner, threads)
+    try:
+        for k, item in enumerate(prefetch(load, paths, workers=readers, depth=2 + 2 * readers)):
+            if isinstance(item, FrameError):
+                runner.record_failure(k, paths[k], item.reason)
+                continue
+            sci, err, msk, header, meta = item
+            if first_header is None:
+                first_header = header
+            runner.record_meta(k, paths[k], *meta)
+            fargs = runner.frame_args(K.MODE_REDUCED, sci=sci, err=err, msk=msk, exptime=meta[0])
+            runner.track(k, fargs)
+            measurer.submit(k, fargs)
+    finally:
+        measurer.close()
     if first_header is not None:
         cal.gain = float(first_header.get("GAIN", math.nan))
         cal.read_noise = float(first_header.get("RDNOISE", math.nan))
@@ -414,9 +471,7 @@ def _finish(runner, st, target, instrument, out_dir, cal, path_name, t0):
     meta = _meta_cards(st, target, cal, path_name, coord_src, res, instrument)
     out_dir = Path(out_dir)
     written = [write_centroid_table(out_dir / "centroiding" / "centroids.fits", res, meta)]
-    for k, r in enumerate(st.radii):
-        written.append(write_photometry_table(out_dir / "photometry" / f"photometry_aper{int(r)}.fits",
-                                              res, k, r, st, meta))
+    written += write_photometry_tables(out_dir / "photometry", res, st, meta)
     if st.save_poststamps:
         written += write_poststamps(out_dir / "centroiding", res, meta)
     seconds = time.perf_counter() - t0
@@ -519,20 +574,125 @@ def _count(a):
     return np.where(np.isfinite(a), a, -1).astype(np.int32)
 
 
-def write_photometry_table(path, res, k, radius, st, meta):
-    """Write ``photometry_aper<N>.fits`` (BinTable PHOTOMETRY) for aperture index ``k``."""
-    p = res.phot[k]
+def photometry_hdul(res, k, radius, st, meta):
+    """HDUList of ``photometry_aper<N>.fits`` (BinTable PHOTOMETRY) for aperture index ``k``."""
+    p = res.phot[:, k]
     cols = _time_columns(res) + [
         ("xc", res.cent[..., K.C_XC], "pix"), ("yc", res.cent[..., K.C_YC], "pix"),
         ("flux", p[..., K.P_FLUX], "electron"), ("flux_err", p[..., K.P_FLUXERR], "electron"),
         ("sky", p[..., K.P_SKY], "electron/pix"), ("sky_err", p[..., K.P_SKYERR], "electron/pix"),
-        ("n_bad_pixels", _count(p[..., K.P_NBAD]), None), ("flag", res.pflag[k], None),
+        ("n_bad_pixels", _count(p[..., K.P_NBAD]), None), ("flag", res.pflag[:, k], None),
     ]
     m = meta + [("APERRAD", float(radius), "[px] aperture radius")]
     hdu = _table_hdu(cols, m, "PHOTOMETRY")
     hdu.header["SKYERRDF"] = ("per-pixel clipped std", "meaning of sky_err")
-    write_fits(fits.HDUList([fits.PrimaryHDU(header=_header(m, "PHOTOMETRY")), hdu]), path)
+    return fits.HDUList([fits.PrimaryHDU(header=_header(m, "PHOTOMETRY")), hdu])
+
+
+def write_photometry_table(path, res, k, radius, st, meta):
+    """Write ``photometry_aper<N>.fits`` (BinTable PHOTOMETRY) for aperture index ``k``."""
+    write_fits(photometry_hdul(res, k, radius, st, meta), path)
     return path
+
+
+_APERRAD_COMMENT = "[px] aperture radius"
+
+
+def _header_end(blob, start):
+    """Offset just past the 2880-byte block holding the END card of the header at ``start``."""
+    for block in range(start, len(blob), 2880):
+        for card in range(block, block + 2880, 80):
+            if blob[card:card + 80] == b"END" + b" " * 77:
+                return block + 2880
+    raise ValueError("no END card")
+
+
+class _PhotometryTemplate:
+    """The bytes of one photometry file, re-used for the other apertures of the night.
+
+    The files of a night differ only in ``APERRAD`` (one card in each header) and in six
+    columns of the table data. Building a table through astropy costs ~10-40 ms (header cards,
+    verification), ten times the cost of measuring a frame, so the first file is made by
+    astropy and the others by replacing those cards and columns in its bytes: the same bytes
+    astropy would write (tests compare them).
+    """
+
+    COLUMNS = (("flux", K.P_FLUX), ("flux_err", K.P_FLUXERR), ("sky", K.P_SKY), ("sky_err", K.P_SKYERR))
+
+    def __init__(self, blob, hdu, radius, res, k):
+        p_end = _header_end(blob, 0)
+        t_end = _header_end(blob, p_end)
+        thdr = fits.Header.fromstring(blob[p_end:t_end].decode("ascii"))
+        nbytes = thdr["NAXIS1"] * thdr["NAXIS2"]
+        if fits.Header.fromstring(blob[:p_end].decode("ascii"))["NAXIS"] != 0 or thdr.get("PCOUNT", 0) != 0:
+            raise ValueError("unexpected photometry file layout")
+        self.primary = blob[:p_end]
+        self.theader = blob[p_end:t_end]
+        self.card = self._card(radius)
+        if self.primary.count(self.card) != 1 or self.theader.count(self.card) != 1:
+            raise ValueError("APERRAD card not found once in each header")
+        self.dtype = hdu.data.dtype.newbyteorder(">")
+        self.data = np.frombuffer(blob[t_end:t_end + nbytes], dtype=self.dtype)
+        if not np.array_equal(self._rows(res, k)["flux"], self.data["flux"], equal_nan=True):
+            raise ValueError("table data layout not understood")
+
+    @staticmethod
+    def _card(radius):
+        return fits.Card("APERRAD", float(radius), _APERRAD_COMMENT).image.encode("ascii")
+
+    def _rows(self, res, k):
+        data = np.array(self.data)
+        p = res.phot[:, k]
+        for name, col in self.COLUMNS:
+            data[name] = p[..., col]
+        data["n_bad_pixels"] = _count(p[..., K.P_NBAD])
+        data["flag"] = res.pflag[:, k]
+        return data
+
+    def render(self, res, k, radius):
+        """Bytes of the file of aperture index ``k`` (radius ``radius`` px)."""
+        card = self._card(radius)
+        body = self._rows(res, k).tobytes()
+        pad = b"\0" * (-len(body) % 2880)
+        return self.primary.replace(self.card, card) + self.theader.replace(self.card, card) + body + pad
+
+
+def _hdul_bytes(hdul):
+    import io
+
+    buf = io.BytesIO()
+    hdul.writeto(buf, output_verify="silentfix")
+    return buf.getvalue()
+
+
+def write_photometry_tables(folder, res, st, meta):
+    """Write ``photometry_aper<N>.fits`` for every radius (see :class:`_PhotometryTemplate`).
+
+    Returns
+    -------
+    list of Path
+    """
+    folder = Path(folder)
+    written = []
+    template = None
+    for k, r in enumerate(st.radii):
+        path = folder / f"photometry_aper{int(r)}.fits"
+        if template is None:
+            hdul = photometry_hdul(res, k, r, st, meta)
+            blob = _hdul_bytes(hdul)
+            try:
+                template = _PhotometryTemplate(blob, hdul[1], r, res, k)
+            except (ValueError, KeyError) as err:     # never expected: then astropy writes every file
+                log.debug("photometry tables written one by one (%s)", err)
+                template = False
+        elif template:
+            blob = template.render(res, k, r)
+        else:
+            blob = _hdul_bytes(photometry_hdul(res, k, r, st, meta))
+        with atomic_path(path) as tmp:
+            Path(tmp).write_bytes(blob)
+        written.append(path)
+    return written
 
 
 def write_poststamps(folder, res, meta):

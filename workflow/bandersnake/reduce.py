@@ -105,20 +105,18 @@ def load_calibration(masters, instrument, grow=1):
     FrameError
         A master is unreadable or its shape differs from the bias.
     """
-    from scipy import ndimage
-
     for need in ("bias", "flat"):
         if not masters.get(need):
             raise CalibrationMissing(f"no master {need} given to the science calibration")
-    bias, bias_hdr = read_image(masters["bias"])
+    bias, bias_hdr = _read_master(masters["bias"])
     shape = bias.shape
-    flat, _ = read_image(masters["flat"], expected_shape=shape)
+    flat, _ = _read_master(masters["flat"], expected_shape=shape)
     if masters.get("dark"):
-        dark, _ = read_image(masters["dark"], expected_shape=shape)
+        dark, _ = _read_master(masters["dark"], expected_shape=shape)
     else:
         dark = np.zeros(shape, np.float32)
     if masters.get("bpm"):
-        bpm, _ = read_image(masters["bpm"], expected_shape=shape, dtype=np.float32)
+        bpm, _ = _read_master(masters["bpm"], expected_shape=shape)
         bpm = np.nan_to_num(bpm, nan=1.0) != 0
     else:
         bpm = np.zeros(shape, bool)
@@ -126,10 +124,10 @@ def load_calibration(masters, instrument, grow=1):
     bad = bpm | invalid
     if invalid.any():
         log.info("%d pixel(s) with invalid master values (NaN, flat <= 0) treated as bad", int(invalid.sum()))
-    near = np.zeros(shape, bool)
-    if grow > 0 and bad.any():
-        near = ndimage.binary_dilation(bad, structure=np.ones((3, 3), bool), iterations=grow) & ~bad
-    static = (bad * MASK_BAD | near * MASK_NEAR_BAD).astype(np.uint8)
+    near = near_bad(bad, grow)
+    static = np.zeros(shape, np.uint8)
+    static[bad] = MASK_BAD
+    static[near] |= MASK_NEAR_BAD
     rn = bias_hdr.get("RDNOISE")
     try:
         rn = float(rn)
@@ -137,23 +135,75 @@ def load_calibration(masters, instrument, grow=1):
         rn = math.nan
     if not (math.isfinite(rn) and rn > 0):
         rn = float(instrument["read_noise_e"])
-    clean = lambda a, v: np.ascontiguousarray(np.where(bad, v, a), dtype=np.float32)
+    where_bad = np.nonzero(bad)
+
+    def clean(a, v):
+        a = np.array(a, dtype=np.float32, order="C")    # a copy: the caller's arrays stay intact
+        a[where_bad] = v
+        return a
+
     return Calibration(bias=clean(bias, 0.0), dark=clean(dark, 0.0), flat=clean(flat, 1.0),
                        static_mask=static, gain=float(instrument["gain_e_per_adu"]), read_noise=rn,
                        saturation_adu=float(instrument["saturation_adu"]),
                        paths={k: (str(v) if v else None) for k, v in masters.items()}, grow=grow)
 
 
+def near_bad(bad, grow):
+    """Pixels within Chebyshev distance ``grow`` of a bad pixel, bad pixels excluded (bool).
+
+    Same as ``scipy.ndimage.binary_dilation(bad, np.ones((3, 3)), iterations=grow) & ~bad``,
+    computed around the (few) bad pixels rather than over the whole frame (~10 ms at 1k x 1k).
+    """
+    from scipy import ndimage
+
+    near = np.zeros(bad.shape, bool)
+    if grow <= 0 or not bad.any():
+        return near
+    ys, xs = np.nonzero(bad)
+    if ys.size * (2 * grow + 1) ** 2 > bad.size // 4:
+        return ndimage.binary_dilation(bad, structure=np.ones((3, 3), bool), iterations=grow) & ~bad
+    ny, nx = bad.shape
+    for dy in range(-grow, grow + 1):
+        yy = np.clip(ys + dy, 0, ny - 1)    # a clipped offset stays within the square of the pixel
+        for dx in range(-grow, grow + 1):
+            near[yy, np.clip(xs + dx, 0, nx - 1)] = True
+    return near & ~bad
+
+
+def _read_master(path, expected_shape=None):
+    """Master image (float32) and header: :func:`_read_primary_fast` when it applies, else
+    :func:`bandersnake.fitsio.read_image` (same values, and its errors for broken files)."""
+    fast = None
+    if str(path).lower().endswith(_UNCOMPRESSED):
+        try:
+            fast = _read_primary_fast(path)
+        except (OSError, FrameError):
+            fast = None
+    if fast is None:
+        return read_image(path, expected_shape=expected_shape, dtype=np.float32)
+    raw, code, header = fast
+    data = decode_raw(raw, code)
+    if expected_shape is not None and tuple(data.shape) != tuple(expected_shape):
+        raise FrameError(path, f"shape {data.shape} differs from expected {tuple(expected_shape)}")
+    if not np.isfinite(data).any():
+        raise FrameError(path, "image has no finite pixel")
+    return data, header
+
+
 @dataclass
 class RawFrame:
     """A raw science frame ready for the kernel.
 
-    ``data`` is float32 ADU (exact for 16-bit cameras), trimmed; ``offset`` is the
-    overscan level (ADU) to subtract; times in JD (UTC) at mid-exposure; angles in deg.
+    ``raw`` holds the pixels as the kernel reads them (``code``, see
+    :func:`bandersnake.kernel.raw_value`): the file's big-endian 16-bit integers as they lie in
+    the data unit (``RAW_BE_U16``/``RAW_BE_I16``), or float32 ADU (``RAW_NATIVE``), trimmed;
+    ``data`` decodes the whole frame to float32 ADU (exact for 16-bit cameras) on demand.
+    ``offset`` is the overscan level (ADU) to subtract; times in JD (UTC) at mid-exposure;
+    angles in deg.
     """
 
     path: str
-    data: np.ndarray
+    raw: np.ndarray
     offset: float
     header: fits.Header
     exptime: float
@@ -161,6 +211,23 @@ class RawFrame:
     ra: float
     dec: float
     airmass: float
+    code: int = 0
+
+    @property
+    def data(self):
+        """The frame as float32 ADU (decoded from ``raw``; a view when ``raw`` is float32)."""
+        return decode_raw(self.raw, self.code)
+
+
+def decode_raw(raw, code):
+    """Float32 ADU of an array stored as ``code`` (``bandersnake.kernel.RAW_*``)."""
+    from .kernel import RAW_BE_I16, RAW_BE_U16
+
+    if code == RAW_BE_U16:
+        return (raw.byteswap() ^ np.uint16(0x8000)).astype(np.float32)
+    if code == RAW_BE_I16:
+        return raw.byteswap().view(np.int16).astype(np.float32)
+    return _as_float32(raw)
 
 
 def header_fields(header, instrument, path):
@@ -190,8 +257,129 @@ def _as_float32(a):
     return np.asarray(a, dtype=np.float32)
 
 
+_BLOCK = 2880
+_MAX_HEADER_BLOCKS = 200            # 576 000 bytes of header: beyond that, leave it to astropy
+_UNCOMPRESSED = (".fits", ".fit", ".fts")
+
+
+def _card_value(card):
+    """Value of a fixed-format FITS card image (str), as int, float, bool or str; None if absent."""
+    if card[8:10] != "= ":
+        return None
+    text = card[10:].strip()
+    if text.startswith("'"):
+        return text[1:].split("'")[0]    # structural keywords are never strings with quotes
+    text = text.split("/")[0].strip()
+    if text in ("T", "F"):
+        return text == "T"
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text.replace("D", "E"))
+        except ValueError:
+            return None
+
+
+def _read_primary_fast(path):
+    """Read the primary image of an uncompressed FITS file without astropy's data layer.
+
+    The header blocks are read and scanned for the structural keywords; the data unit is read
+    with one ``readinto`` (no scaling, no copy, GIL released) into an array the kernel decodes
+    pixel by pixel (``RAW_BE_U16``/``RAW_BE_I16``), or byte-swapped to float32 for BITPIX -32.
+
+    Returns
+    -------
+    (raw, code, header) or None
+        None when the file is not a plain 2-D primary image of a supported type (the caller
+        then reads it with astropy, which also reports what is wrong with it).
+
+    Raises
+    ------
+    FrameError
+        The data unit is shorter than its header says (truncated file).
+    """
+    from .kernel import RAW_BE_I16, RAW_BE_U16, RAW_NATIVE
+
+    with open(path, "rb", buffering=0) as f:
+        blocks = []
+        cards = {}
+        for _ in range(_MAX_HEADER_BLOCKS):
+            block = f.read(_BLOCK)
+            if len(block) < _BLOCK:
+                return None
+            blocks.append(block)
+            end = False
+            for k in range(0, _BLOCK, 80):
+                key = block[k:k + 8].rstrip()
+                if key == b"END":
+                    end = True
+                    break
+                if key in (b"SIMPLE", b"BITPIX", b"NAXIS", b"NAXIS1", b"NAXIS2", b"BZERO", b"BSCALE",
+                           b"BLANK", b"ZIMAGE", b"GROUPS"):
+                    cards[key.decode()] = _card_value(block[k:k + 80].decode("ascii", "replace"))
+            if end:
+                break
+        else:
+            return None
+        if cards.get("SIMPLE") is not True or cards.get("NAXIS") != 2 or "BLANK" in cards \
+                or cards.get("ZIMAGE") or cards.get("GROUPS"):
+            return None
+        bitpix = cards.get("BITPIX")
+        nx, ny = cards.get("NAXIS1"), cards.get("NAXIS2")
+        bzero, bscale = cards.get("BZERO", 0), cards.get("BSCALE", 1)
+        if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0) or bscale != 1:
+            return None
+        if bitpix == 16 and bzero in (0, 32768):
+            code, dtype = (RAW_BE_U16 if bzero == 32768 else RAW_BE_I16), np.uint16
+        elif bitpix == -32 and bzero == 0:
+            code, dtype = RAW_NATIVE, np.dtype(">f4")
+        else:
+            return None
+        try:
+            header = fits.Header.fromstring(b"".join(blocks).decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        raw = np.empty((ny, nx), dtype)
+        need = raw.nbytes
+        got = f.readinto(memoryview(raw).cast("B"))
+        while got is not None and 0 < got < need:     # short reads (pipes, network file systems)
+            more = f.readinto(memoryview(raw).cast("B")[got:])
+            if not more:
+                break
+            got += more
+    if got is None or got < need:
+        raise FrameError(path, f"unreadable FITS data (truncated: data unit has {got or 0} of {need} bytes)")
+    if code == RAW_NATIVE:
+        raw = raw.astype(np.float32)
+    return raw, code, header
+
+
+def _read_astropy(path, instrument):
+    """Image (float32 ADU) and header of the image HDU of any FITS file astropy reads (.gz, .fz...)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (AstropyUserWarning, VerifyWarning))
+        with fits.open(path, memmap=False) as hdul:
+            idx = image_hdu_index(hdul, instrument.get("image_extension", 0))
+            if idx is None:
+                raise FrameError(path, "no 2-D image HDU")
+            data = hdul[idx].data
+            data = None if data is None else _as_float32(data)
+            header = hdul[idx].header.copy()
+            if idx != 0:
+                for card in hdul[0].header.cards:
+                    if card.keyword not in header and card.keyword not in _STRUCTURAL:
+                        header.append(card)
+    return data, header
+
+
 def read_raw(path, instrument, expected_shape=None):
-    """Read a raw science frame as float32 ADU (the kernel calibrates the pixels it needs).
+    """Read a raw science frame for the kernel (which calibrates the pixels it needs).
+
+    Uncompressed 16-bit (BZERO 0 or 32768) and float32 primary images are read directly
+    (:func:`_read_primary_fast`: ~0.1 ms for a 1024x1024 frame against ~1 ms for astropy's
+    scaled read); anything else (.gz, .fz, extensions, BLANK, BSCALE) goes through astropy
+    as float32. Both give the same ADU values.
 
     Parameters
     ----------
@@ -212,21 +400,17 @@ def read_raw(path, instrument, expected_shape=None):
         or date.
     """
     from .calib import parse_section
+    from .kernel import RAW_NATIVE
 
+    code = RAW_NATIVE
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (AstropyUserWarning, VerifyWarning))
-            with fits.open(path, memmap=False) as hdul:
-                idx = image_hdu_index(hdul, instrument.get("image_extension", 0))
-                if idx is None:
-                    raise FrameError(path, "no 2-D image HDU")
-                data = hdul[idx].data
-                data = None if data is None else _as_float32(data)
-                header = hdul[idx].header.copy()
-                if idx != 0:
-                    for card in hdul[0].header.cards:
-                        if card.keyword not in header and card.keyword not in _STRUCTURAL:
-                            header.append(card)
+        fast = None
+        if str(path).lower().endswith(_UNCOMPRESSED) and instrument.get("image_extension", 0) in (0, None):
+            fast = _read_primary_fast(path)
+        if fast is not None:
+            data, code, header = fast
+        else:
+            data, header = _read_astropy(path, instrument)
     except FrameError:
         raise
     except FileNotFoundError:
@@ -238,14 +422,14 @@ def read_raw(path, instrument, expected_shape=None):
     raw_shape = instrument.get("shape")
     if raw_shape and tuple(data.shape) != tuple(raw_shape):
         raise FrameError(path, f"shape {data.shape} differs from the instrument's {tuple(raw_shape)}")
-    # Subsampled check first: a full isfinite pass only for frames that look empty.
-    if not (np.isfinite(data[::31, ::29]).any() or np.isfinite(data).any()):
+    # Integers are always finite. Subsampled check first: a full pass only for frames that look empty.
+    if code == RAW_NATIVE and not (np.isfinite(data[::31, ::29]).any() or np.isfinite(data).any()):
         raise FrameError(path, "image has no finite pixel")
     offset = 0.0
     try:
         if instrument.get("overscan_section"):
             rows, cols = parse_section(instrument["overscan_section"])
-            region = np.asarray(data[rows, cols], np.float64)
+            region = np.asarray(decode_raw(data[rows, cols], code), np.float64)
             if region.size == 0:
                 raise ConfigError(f"overscan_section {instrument['overscan_section']} is outside the frame")
             axis = 0 if region.shape[1] > region.shape[0] else 1
@@ -258,7 +442,7 @@ def read_raw(path, instrument, expected_shape=None):
     if expected_shape is not None and tuple(data.shape) != tuple(expected_shape):
         raise FrameError(path, f"shape {data.shape} differs from the masters' {tuple(expected_shape)}")
     exptime, jd, ra, dec, am = header_fields(header, instrument, path)
-    return RawFrame(str(path), data, offset, header, exptime, jd, ra, dec, am)
+    return RawFrame(str(path), data, offset, header, exptime, jd, ra, dec, am, code)
 
 
 def calibrate_frame(frame, cal):
@@ -272,10 +456,10 @@ def calibrate_frame(frame, cal):
     """
     from .kernel import calibrate_full
 
-    sci = np.empty(frame.data.shape, np.float32)
-    err = np.empty(frame.data.shape, np.float32)
-    msk = np.empty(frame.data.shape, np.uint8)
-    calibrate_full(frame.data, cal.bias, cal.dark, cal.flat, cal.static_mask, float(frame.offset),
+    sci = np.empty(frame.raw.shape, np.float32)
+    err = np.empty(frame.raw.shape, np.float32)
+    msk = np.empty(frame.raw.shape, np.uint8)
+    calibrate_full(frame.raw, frame.code, cal.bias, cal.dark, cal.flat, cal.static_mask, float(frame.offset),
                    float(frame.exptime), cal.gain, cal.read_noise ** 2, cal.saturation_adu, sci, err, msk)
     return sci, err, msk
 

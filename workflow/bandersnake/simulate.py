@@ -43,7 +43,7 @@ from . import __version__
 from .errors import BandersnakeError, ConfigError
 from .fitsio import atomic_path, is_raw_fits_name, write_fits, write_text
 from .sim import detector as sim_detector
-from .sim import maxim, render, site as sim_site
+from .sim import astep, maxim, render, site as sim_site
 from .sim.transit import impact_parameter, total_duration, transit_model
 
 log = logging.getLogger("bandersnake.simulate")
@@ -52,6 +52,16 @@ log = logging.getLogger("bandersnake.simulate")
 # detector, the stars or the other frames.
 _STREAM = {"detector": 1, "stars": 2, "conditions": 3, "flat_fields": 4, "scint": 5, "cosmics": 6,
            "bias": 11, "dark": 12, "flat": 13, "science": 14}
+
+
+_WRITERS = {"maxim": maxim, "astep": astep}
+
+
+def writer(layout):
+    """Raw-file writer module of a layout (``filename``, ``header``, ``write_raw``)."""
+    if layout not in _WRITERS:
+        raise ConfigError(f"simulate: unknown layout {layout!r} (known: {', '.join(sorted(_WRITERS))})")
+    return _WRITERS[layout]
 
 
 def _rng(seed, stream, index=0):
@@ -171,6 +181,17 @@ class SimConfig:
     cr_in_darks: bool = True
     cr_mean_length_px: float = 3.0
     cr_median_e: float = 3000.0
+    # Raw layout: "maxim" (<raw_root>/<INST>/images/<YYYYMMDD>/, MaxIm DL headers and names) or
+    # "astep" (<raw_root>/<YYYY-MM-DD>/<YYYY-MM-DD>-CAMS[_SKYFLAT]/, *_SCIENCE/_DARK/_BIAS/_SKYFLAT names)
+    layout: str = "maxim"
+    # Extra darks at the flats' exposure time(s) (ASTEP keeps them beside the flats)
+    n_flat_dark: int = 0
+    # Stars: "random" (placed by the simulator) or "tycho" (the real Tycho-2 stars around RA/Dec,
+    # from astrometry.net index files, seen through the true WCS; plate-solvable)
+    star_field: str = "random"
+    tycho_index_dir: str = "/usr/share/astrometry"
+    tycho_mag_limit: float = 13.5
+    tycho_zeropoint_mag: float = 19.5      # V_T of a star giving 1 e-/s
 
     @property
     def night_date(self):
@@ -344,6 +365,36 @@ def _place_stars(cfg, shape, rng, gain):
             "listed": np.arange(n + len(fx)) < n, "n_listed": n}
 
 
+def _tycho_stars(cfg, shape, wcs, ra_deg, dec_deg, dx0, dy0):
+    """Real Tycho-2 stars around (RA, Dec) placed through ``wcs`` (the first science frame's).
+
+    Base positions are the first frame's minus its pointing offset (``x = x0 + dx[i]`` in frame
+    i, as for random fields). Flux (e-/s) = 10**(-0.4 (V_T - tycho_zeropoint_mag)). Star 0
+    (target) is the star nearest the centre among the brightest tenth, star 1 (tracking) the
+    brightest other star; all others are field stars.
+    """
+    from . import tycho
+
+    ny, nx = shape
+    radius = 0.75 * np.hypot(nx, ny) * float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))
+    cone = tycho.stars_in_cone(ra_deg, dec_deg, radius, cfg.tycho_index_dir, mag_limit=cfg.tycho_mag_limit)
+    mag = np.asarray(cone.mag, float)
+    x, y = wcs.all_world2pix(cone.ra, cone.dec, 0)
+    on = np.isfinite(mag) & (x > -20) & (x < nx + 19) & (y > -20) & (y < ny + 19)
+    x, y, mag = x[on], y[on], mag[on]
+    if len(mag) < 2:
+        raise ConfigError(f"simulate: only {len(mag)} Tycho-2 stars (V_T <= {cfg.tycho_mag_limit}) in the "
+                          f"field at RA {ra_deg:.3f} Dec {dec_deg:.3f}")
+    order = np.argsort(mag, kind="stable")
+    bright = order[: max(2, len(order) // 10)]
+    target = bright[np.argmin(np.hypot(x[bright] - 0.5 * (nx - 1), y[bright] - 0.5 * (ny - 1)))]
+    rest = [k for k in order if k != target]
+    idx = np.array([target] + rest)
+    role = np.array(["target", "tracking"] + ["field"] * (len(idx) - 2), dtype=object)
+    return {"x0": x[idx] - dx0, "y0": y[idx] - dy0, "flux": 10 ** (-0.4 * (mag[idx] - cfg.tycho_zeropoint_mag)),
+            "role": role, "listed": np.arange(len(idx)) < 2, "n_listed": 2, "mag": mag[idx]}
+
+
 def _true_wcs(cfg, ra_deg, dec_deg, crpix_xy, scale_arcsec):
     """TAN WCS, north up / east left rotated by ``rotation_deg``, CRVAL at the target."""
     w = WCS(naxis=2)
@@ -439,6 +490,14 @@ def plan_night(cfg, instrument):
     dawn_alt = alt_for_rate(cfg.flat_target_dawn_adu * gain / cfg.dawn_first_exptime_s)
     flat_sessions = {"dusk": _flat_sequence(cfg, "dusk", crossing(dusk_alt, False), sun_jd, sun_alt, gain),
                      "dawn": _flat_sequence(cfg, "dawn", crossing(dawn_alt, True), sun_jd, sun_alt, gain)}
+    # Darks of the flats' exposure time(s), after the other darks (ASTEP's SKYFLAT folder).
+    flat_times = sorted({f["exptime"] for session in flat_sessions.values() for f in session})
+    for j in range(int(cfg.n_flat_dark) if flat_times else 0):
+        t = _round_jd_to_ms(t)
+        exptime = float(flat_times[j % len(flat_times)])
+        frames.append({"kind": "dark", "index": cfg.n_dark + j, "jd_start": t, "exptime": exptime,
+                       "folder": "skyflat"})
+        t += (exptime + cfg.readout_s) / 86400.0
     frng = _rng(cfg.seed, "flat_fields")
     ny, nx = shape
     for session in ("dusk", "dawn"):
@@ -496,7 +555,15 @@ def plan_night(cfg, instrument):
                "az_deg": az, "sun_alt_deg": sun_sci, "fwhm_px": fwhm, "dx": dx, "dy": dy,
                "sky_e_per_s": sky, "jump_frame": int(jump_frame)}
 
-    stars = _place_stars(cfg, shape, _rng(cfg.seed, "stars"), gain)
+    scale = _instrument_value(instrument, "plate_scale_arcsec_per_px")
+    if cfg.star_field == "tycho":
+        dx0, dy0 = (dx[0], dy[0]) if n else (0.0, 0.0)
+        wcs = _true_wcs(cfg, ra, dec, (0.5 * (nx - 1) + dx0, 0.5 * (ny - 1) + dy0), scale)
+        stars = _tycho_stars(cfg, shape, wcs, ra, dec, dx0, dy0)
+    elif cfg.star_field == "random":
+        stars = _place_stars(cfg, shape, _rng(cfg.seed, "stars"), gain)
+    else:
+        raise ConfigError(f"simulate: star_field {cfg.star_field!r} is not 'random' or 'tycho'")
     # Transit of star 0 and the variable star, on BJD_TDB at mid-exposure.
     t_mid_transit = centre + cfg.transit_offset_min / 1440.0
     t0 = float(sim_site.bjd_tdb(t_mid_transit, ra, dec, location)[0])
@@ -532,13 +599,14 @@ def plan_night(cfg, instrument):
         f["date_obs"] = _iso(f["jd_start"])
         f["compressed"] = bool(cfg.gzip_every) and counter % cfg.gzip_every == cfg.gzip_every - 1
         counter += 1
-        f["file"] = maxim.filename(f["kind"], f["date_obs"], cfg.target, cfg.filter, f["compressed"])
+        f["file"] = writer(cfg.layout).filename(f["kind"], f["date_obs"], cfg.target, cfg.filter, f["compressed"])
     names = [f["file"] for f in frames]
     if len(set(names)) != len(names):
         raise ConfigError("simulate: two frames start within the same second; increase readout_s")
 
-    first = (stars["x0"][0] + (dx[0] if n else 0.0), stars["y0"][0] + (dy[0] if n else 0.0))
-    wcs = _true_wcs(cfg, ra, dec, first, _instrument_value(instrument, "plate_scale_arcsec_per_px"))
+    if cfg.star_field != "tycho":
+        first = (stars["x0"][0] + (dx[0] if n else 0.0), stars["y0"][0] + (dy[0] if n else 0.0))
+        wcs = _true_wcs(cfg, ra, dec, first, scale)
     sky_ra, sky_dec = wcs.all_pix2world(stars["x0"] + (dx[0] if n else 0), stars["y0"] + (dy[0] if n else 0), 0)
     site_info = {k: site[k] for k in ("latitude_deg", "longitude_deg", "altitude_m")} | {"name": site.get("name", "")}
     geometry = {"site": site_info,
@@ -676,7 +744,8 @@ def _check_dirs(raw_root, truth_dir, night_dir, overwrite):
     raw_root, truth_dir = Path(raw_root).resolve(), Path(truth_dir).resolve()
     if truth_dir == raw_root or raw_root in truth_dir.parents:
         raise ConfigError(f"simulate: truth_dir {truth_dir} must not be inside the raw tree {raw_root}")
-    existing = [p for p in night_dir.glob("*") if is_raw_fits_name(p.name)] if night_dir.is_dir() else []
+    # Files of the night: in the night folder, or (ASTEP) in its -CAMS* sub-folders.
+    existing = [p for p in night_dir.glob("**/*") if is_raw_fits_name(p.name)] if night_dir.is_dir() else []
     if existing and not overwrite:
         raise ConfigError(f"simulate: {night_dir} already holds {len(existing)} FITS files; "
                           "remove them or pass overwrite=True (--overwrite)")
@@ -701,7 +770,8 @@ def simulate_night(raw_root, truth_dir, config: SimConfig, instrument: dict, ove
     Parameters
     ----------
     raw_root : str or Path
-        Top of the raw tree; frames go to ``<raw_root>/<INST>/images/<YYYYMMDD>/``.
+        Top of the raw tree; frames go to ``<raw_root>/<INST>/images/<YYYYMMDD>/`` (layout
+        "maxim") or ``<raw_root>/<YYYY-MM-DD>/<YYYY-MM-DD>-CAMS[_SKYFLAT]/`` (layout "astep").
     truth_dir : str or Path
         Folder for the truth products (must not be inside ``raw_root``).
     config : SimConfig
@@ -719,7 +789,11 @@ def simulate_night(raw_root, truth_dir, config: SimConfig, instrument: dict, ove
     t_begin = time.perf_counter()
     cfg = config
     inst_name = instrument.get("name") or cfg.instrument
-    night_dir = Path(raw_root) / inst_name / "images" / cfg.night_date
+    out = writer(cfg.layout)
+    if cfg.layout == "astep":
+        night_dir = astep.night_dir(raw_root, cfg.night_date)
+    else:
+        night_dir = Path(raw_root) / inst_name / "images" / cfg.night_date
     truth_dir = Path(truth_dir)
     _check_dirs(raw_root, truth_dir, night_dir, overwrite)
     night_dir.mkdir(parents=True, exist_ok=True)
@@ -733,7 +807,8 @@ def simulate_night(raw_root, truth_dir, config: SimConfig, instrument: dict, ove
     frame_rows, star_rows, cr_rows = [], [], []
     for f in plan.frames:
         data, rows, cr, extra = render_frame(plan, det, f)
-        maxim.write_raw(night_dir / f["file"], data, maxim.header(f, instrument, cfg))
+        folder = night_dir / astep.folder(f, cfg.night_date) if cfg.layout == "astep" else night_dir
+        out.write_raw(folder / f["file"], data, out.header(f, instrument, cfg))
         star_rows += rows
         n_cr = 0
         if cr is not None and len(cr[0]):
@@ -772,7 +847,7 @@ def _truth_dict(plan, det, night_dir, n_cr_pixels):
     kinds = [f["kind"] for f in plan.frames]
     sci = plan.science
     return _plain({
-        "simulator": {"package_version": __version__, "seed": cfg.seed, "layout": "maxim",
+        "simulator": {"package_version": __version__, "seed": cfg.seed, "layout": cfg.layout,
                       "config": dataclasses.asdict(cfg)},
         "night": {"night_id": plan.night_id, "instrument": inst["name"], "date": cfg.night_date,
                   "raw_dir": str(night_dir), "shape": list(plan.shape), **plan.geometry,
@@ -905,6 +980,8 @@ def main(argv=None):
     parser.add_argument("--instrument", default=None, help="instrument YAML (default config/instruments/SPIRIT2.yaml)")
     parser.add_argument("--date", default=None, help="night date YYYYMMDD (evening, local)")
     parser.add_argument("--small", action="store_true", help="fast 256x256 test night")
+    parser.add_argument("--layout", choices=sorted(_WRITERS), default=None,
+                        help="raw layout: maxim (default) or astep (<raw_root>/YYYY-MM-DD/YYYY-MM-DD-CAMS*/)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--n-science", type=int, default=None)
     parser.add_argument("--no-gzip", action="store_true", help="write no .fits.gz files")
@@ -919,6 +996,8 @@ def main(argv=None):
         for key, value in (("date", args.date), ("seed", args.seed), ("n_science", args.n_science)):
             if value is not None:
                 overrides[key] = value
+        if args.layout:
+            overrides["layout"] = args.layout
         if args.no_gzip:
             overrides["gzip_every"] = 0
         overrides.setdefault("instrument", instrument["name"])

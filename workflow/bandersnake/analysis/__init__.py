@@ -7,6 +7,8 @@ Entry points (one per product; the Snakemake rules call these):
 * :func:`make_plots` -> the diagnostic PNGs; :func:`plot_precision_vs_brightness` for several nights
 * :func:`write_exports` -> juliet ``lc.dat`` and an AAVSO Extended Format file
 * :func:`run_transit_fit` / :func:`fit_transit` -> transit depth, mid-time and duration
+
+The Snakemake rules (``rules/analysis.smk``) call these through :mod:`.stages`, one function per rule.
 """
 
 from .differential import read_differential, run_differential

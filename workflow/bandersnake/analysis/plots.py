@@ -291,7 +291,23 @@ def plot_transit_fit(fit, out_png, bin_min=10.0):
     return _save(fig, out_png)
 
 
-PLOTS = ("differential_flux", "raw_flux", "normalised_flux", "sky", "centroids",
+def plot_transit_note(t, flux, out_png, note, bin_min=10.0):
+    """Light curve with binned points and a note, for a transit fit that could not run."""
+    t, flux = np.asarray(t, float), np.asarray(flux, float)
+    fig, axes = _figure(size=(9, 4.5))
+    ax = axes[0, 0]
+    t0 = _t0(t)
+    ax.plot(t - t0, flux, ".", ms=2, color="0.6")
+    tb, yb, eb = bin_series(t, flux, bin_min)
+    ax.errorbar(tb - t0, yb, eb, fmt="o", ms=3, color="k")
+    ax.text(0.02, 0.04, note, transform=ax.transAxes, fontsize=9, color="tab:red", wrap=True)
+    ax.set_title("Transit fit: not possible")
+    ax.set_xlabel(f"BJD_TDB - {t0:.1f} (d)")
+    ax.set_ylabel("differential flux")
+    return _save(fig, out_png)
+
+
+PLOTS = ("differential_flux", "raw_flux", "normalised_flux", "sky", "centroid_series",
          "precision_vs_aperture", "noise_budget")
 
 
@@ -321,7 +337,7 @@ def make_plots(differential_path, centroid_path, metrics_path, out_dir, phot_pat
         "raw_flux": plot_raw_flux(phot_path, out_dir / "raw_flux.png"),
         "normalised_flux": plot_normalised_flux(differential_path, out_dir / "normalised_flux.png"),
         "sky": plot_sky(phot_path, out_dir / "sky.png"),
-        "centroids": plot_centroids(centroid_path, out_dir / "centroids.png"),
+        "centroid_series": plot_centroids(centroid_path, out_dir / "centroid_series.png"),
         "precision_vs_aperture": plot_precision_vs_aperture(metrics_path, out_dir / "precision_vs_aperture.png"),
         "noise_budget": plot_noise_budget(metrics_path, out_dir / "noise_budget.png"),
     }

@@ -225,14 +225,18 @@ def fit_transit(t, flux, err, period=None, t0=None, window=None, duration=None, 
                                                                    t.max() + 0.25 * (t.max() - t.min()))
     window = (float(min(window)), float(max(window)))
     if t0 is None or duration is None:
-        durations = [duration] if duration is not None else np.arange(0.5, 5.01, 0.25) / 24
+        # 10 and 20 min first: short nights (or short transits) leave no out-of-transit frames
+        # around a box of 30 min or more.
+        durations = [duration] if duration is not None else np.concatenate(
+            [[10 / 1440, 20 / 1440], np.arange(0.5, 5.01, 0.25) / 24])
         rng = (t0, t0) if t0 is not None else window
         bt0, bdur, bdepth = _box_search(t, flux, 1 / err**2, rng, durations)
+        if bt0 is None:
+            raise ValueError("no transit-like dip found in the search window (too few frames in or out of "
+                             "every trial box; give a duration)")
         t0 = bt0 if t0 is None else t0
         duration = bdur if duration is None else duration
         depth0 = bdepth
-        if t0 is None:
-            raise ValueError("no transit-like dip found in the search window")
     else:
         inside = np.abs(t - t0) < duration / 4
         depth0 = np.median(flux[~inside]) - np.median(flux[inside]) if inside.sum() > 2 else 0.01

@@ -1,0 +1,89 @@
+"""XO-1 b on the real ARCSAT night (../shared/data/xo1b_arcsat_20250602) through the whole workflow.
+
+80 frames of 60 s in z, 2025-06-02 04:10-06:08 UTC, with clouds (transparency down to 0.6 at
+04:56-05:12 and 0.2 at the end) and a tracking jump. Star positions: tests/data/targets_xo1b.yaml;
+transit-fit settings: tests/data/nights_xo1b/. Figures of the reference run (best aperture 7 px,
+ensemble of 8 comparisons): mean flux after BJD 2460828.72 is 0.94 % below the mean before
+2460828.69; 10-min rolling precision 4.2 ppt per frame; transit fit (window, b = 0.2 and limb
+darkening fixed) T0 = 2460828.7242 +- 0.0079, T14 = 2.20 +- 0.43 h, so ingress starts at
+BJD 2460828.678 (the first frame) and ends near 2460828.69; fitted depth 1.71 +- 0.68 % (published
+2.3 %), poorly constrained without a baseline before ingress or after egress.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from astropy.io import fits
+
+from conftest import run_snakemake
+
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+NIGHT, TARGET = "ARCSAT_20250602", "XO1-b"
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="module")
+def xo1(tmp_path_factory):
+    from conftest import ARCSAT_RAW
+    if not ARCSAT_RAW.is_dir():
+        pytest.skip(f"real ARCSAT night not available at {ARCSAT_RAW}")
+    root = tmp_path_factory.mktemp("xo1b")
+    night_dir = root / "raw" / "ARCSAT" / "images" / "20250602"
+    night_dir.parent.mkdir(parents=True)
+    night_dir.symlink_to(ARCSAT_RAW)
+    config = dict(raw_root=root / "raw", targets_file=DATA / "targets_xo1b.yaml",
+                  nights_dir=DATA / "nights_xo1b")
+    run_snakemake(root, [f"results/{NIGHT}/"], config=config)
+    base = root / "results" / NIGHT / TARGET
+    with fits.open(base / "photometry" / "differential.fits") as hdul:
+        best = hdul[f"APER{int(hdul[0].header['BESTAPER'])}"]
+        table = {name: np.array(best.data[name]) for name in best.data.names}
+        header = best.header.copy()
+    return dict(root=root, base=base, lc=table, header=header)
+
+
+def test_field_drift_followed(xo1):
+    """XO-1 drifts +44 px in x and -56 px in y over the night (DAOStarFinder on the first and last
+    raw frames: 525.83, 570.81 -> 570.06, 514.41); the workflow's centroids follow it to 1 px."""
+    with fits.open(xo1["base"] / "centroiding" / "centroids.fits") as hdul:
+        c = hdul[1].data
+    assert c["xc"][0, 0] == pytest.approx(525.83, abs=1.0) and c["yc"][0, 0] == pytest.approx(570.81, abs=1.0)
+    assert c["xc"][-1, 0] == pytest.approx(570.06, abs=1.0) and c["yc"][-1, 0] == pytest.approx(514.41, abs=1.0)
+
+
+def test_ingress_visible(xo1):
+    lc = xo1["lc"]
+    ok = lc["frame_ok"].astype(bool)
+    t, f = lc["BJD_TDB"], lc["diff_flux"]
+    assert xo1["header"]["COMPMODE"] == "ensemble" and xo1["header"]["NCOMP"] >= 3
+    before = f[ok & (t < 2460828.69)]
+    after = f[ok & (t > 2460828.72)]
+    assert len(before) >= 8 and len(after) >= 20
+    # XO-1 b is 2.3 % deep; the night starts at the end of ingress, so the drop between the first
+    # quarter hour and the second half of the night is smaller: require 0.8 % (measured 0.94 %),
+    # i.e. > 4 times the standard error of that difference (~0.2 % with ~5 ppt per frame).
+    drop = before.mean() - after.mean()
+    err = np.hypot(before.std(ddof=1) / np.sqrt(len(before)), after.std(ddof=1) / np.sqrt(len(after)))
+    assert drop > 0.008 and drop > 4 * err, (drop, err)
+
+
+def test_precision(xo1):
+    """Per-frame precision of the target (10-min rolling scatter, transit-robust): measured 4.2 ppt;
+    photon + scintillation + ensemble noise of this 0.5 m telescope is ~3 ppt, clouds add the rest."""
+    with fits.open(xo1["base"] / "photometry" / "precision_metrics.fits") as hdul:
+        m = hdul["PRECISION"].data
+    row = m[(m["star_number"] == 0) & m["is_best_aperture"]][0]
+    assert row["sigma_obs_10min"] < 0.006
+
+
+def test_transit_fit_places_ingress(xo1):
+    fit = yaml.safe_load((xo1["base"] / "transit" / "transit_fit.yaml").read_text())
+    assert fit["success"], fit["message"]
+    ingress_start = fit["t0"] - fit["duration"] / 2
+    # Ingress starts before or at the first frame (2460828.678) and the flat bottom is reached
+    # by ~2460828.69: the start must lie within the first half hour of the night's window.
+    assert 2460828.665 < ingress_start < 2460828.70, ingress_start
+    assert 2460828.70 < fit["t0"] < 2460828.80
+    assert fit["depth_model"] > 0.008

@@ -1,0 +1,16 @@
+from bandersnake.analysis.stages import differential_stage
+from bandersnake.logs import log_to
+
+with log_to(snakemake.log[0]):
+    a = snakemake.params.analysis
+    differential_stage(
+        snakemake.input.photometry,
+        snakemake.input.centroids,
+        bias_path=snakemake.input.bias,
+        dark_path=snakemake.input.dark,
+        instrument=a["instrument"],
+        settings=a["settings"],
+        outputs=dict(snakemake.output.items()),
+        night=a["night"],
+        target=a["target"],
+    )

@@ -1,0 +1,13 @@
+from bandersnake.analysis.stages import exports_stage, filter_of_master_flat
+from bandersnake.logs import log_to
+
+with log_to(snakemake.log[0]):
+    exports_stage(
+        snakemake.input.differential,
+        snakemake.input.centroids,
+        outputs=dict(snakemake.output.items()),
+        instrument_name=snakemake.params.instrument_name,
+        target=snakemake.wildcards.target,
+        filter_name=filter_of_master_flat(snakemake.input.flat),
+        export_settings=snakemake.params.exports,
+    )

@@ -1,0 +1,5 @@
+from bandersnake.analysis.stages import precision_summary_stage
+from bandersnake.logs import log_to
+
+with log_to(snakemake.log[0]):
+    precision_summary_stage(list(snakemake.input), snakemake.output[0])

@@ -1,0 +1,15 @@
+from bandersnake.calib import Fallback, build_master_dark_matched
+from bandersnake.logs import log_to
+
+with log_to(snakemake.log[0]):
+    build_master_dark_matched(
+        list(snakemake.input.frames),
+        snakemake.input.bias,
+        snakemake.output[0],
+        float(snakemake.wildcards.exptime),
+        snakemake.params.instrument,
+        **snakemake.params.combine,
+        memory_mb=snakemake.params.memory_mb,
+        fallback=Fallback.from_settings(**snakemake.params.fallback),
+        threads=snakemake.threads,
+    )
