@@ -32,8 +32,15 @@ include: "rules/analysis.smk"
 include: "rules/publish.smk"
 
 
+if STAGING:
+
+    include: "rules/staging.smk"
+
+
 rule all:
     default_target: True
-    """Every night (listed in config, or discovered under raw_root) published in results/."""
+    """Every night (listed in config, or discovered under raw_root) published in results/,
+    and the multi-night precision-versus-brightness plot."""
     input:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
+        PRECISION_SUMMARY,

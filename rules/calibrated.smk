@@ -6,6 +6,7 @@
 rule master_dark_exptime:
     """Exposure-matched master dark (ADU/s) from the darks of one exposure time only."""
     input:
+        unpack(staged_night),
         frames=matched_dark_frames,
         bias=work("{night}/calib/master_bias.fits"),
     output:
@@ -14,6 +15,8 @@ rule master_dark_exptime:
         logs("{night}/logs/master_dark_{exptime}s.log"),
     benchmark:
         bench("{night}/benchmarks/master_dark_{exptime}s.tsv")
+    shadow:
+        SHADOW
     conda:
         "../envs/bandersnake.yaml"
     resources:
@@ -30,6 +33,7 @@ rule master_dark_exptime:
 rule calibrate_frames:
     """SCI/ERR/MASK (e-) of every accepted science frame, darks matched by exposure, cosmic rays flagged."""
     input:
+        unpack(staged_night),
         unpack(calibrated_inputs),
     output:
         temp(directory(work("{night}/calibrated_stage"))),
@@ -37,6 +41,8 @@ rule calibrate_frames:
         logs("{night}/logs/calibrate_frames.log"),
     benchmark:
         bench("{night}/benchmarks/calibrate_frames.tsv")
+    shadow:
+        SHADOW
     conda:
         "../envs/bandersnake.yaml"
     threads: config["processing"]["threads"]

@@ -1,7 +1,9 @@
 rule master_bias:
     """MAD-clipped master bias (ADU) and read noise (e-)."""
     input:
+        unpack(staged_night),
         frames=calib_frames("bias"),
+    shadow: SHADOW
     output:
         work("{night}/calib/master_bias.fits"),
     log:
@@ -24,8 +26,10 @@ rule master_bias:
 rule master_dark:
     """Bias-subtracted, exposure-normalised master dark (ADU/s) and dark current."""
     input:
+        unpack(staged_night),
         frames=calib_frames("dark"),
         bias=work("{night}/calib/master_bias.fits"),
+    shadow: SHADOW
     output:
         work("{night}/calib/master_dark.fits"),
     log:
@@ -48,10 +52,12 @@ rule master_dark:
 rule master_flat:
     """Normalised master flat for one filter, dusk and dawn combined separately then merged."""
     input:
+        unpack(staged_night),
         dusk=flat_frames("dusk"),
         dawn=flat_frames("dawn"),
         bias=work("{night}/calib/master_bias.fits"),
-        dark=work("{night}/calib/master_dark.fits"),
+        dark=flat_dark,
+    shadow: SHADOW
     output:
         work("{night}/calib/master_flat_{filter}.fits"),
     log:

@@ -149,6 +149,33 @@ targets_config()
 master_flats_config()
 
 
+# ---------------------------------------------------------------- staging (rules/staging.smk)
+def _staging_root():
+    """Fast-disk folder for staged raw frames (``staging_dir``, ``$VARS`` expanded), or ``None``:
+    the jobs read the raw tree directly."""
+    root = config.get("staging_dir")
+    if not root:
+        return None
+    expanded = os.path.expandvars(str(root))
+    if "$" in expanded:
+        raise WorkflowError(
+            f"staging_dir {root!r}: environment variable not set (profiles/staged needs "
+            "BANDERSNAKE_SCRATCH, the fast disk)"
+        )
+    return os.path.abspath(expanded)
+
+
+STAGING = _staging_root()
+# Heavy jobs reading raw frames run as shadow jobs only in staged runs (their scratch then goes
+# to --shadow-prefix, the fast disk); unstaged runs are unchanged (shadow rejects raw_root=../x).
+SHADOW = "minimal" if STAGING else None
+
+
+def staged_night(wildcards):
+    """Input: the night's staged raw frames on the fast disk (nothing when not staging)."""
+    return {"staged": f"{STAGING}/{wildcards.night}"} if STAGING else {}
+
+
 def night_date(night):
     return bconfig.parse_night_id(night)[1]
 
@@ -193,7 +220,10 @@ def inventory_path(night):
 
 @lru_cache(maxsize=None)
 def _read_inventory(path, mtime):
-    return read_inventory(path)
+    # Plain (unmasked) columns: element access on masked columns dominated DAG building
+    # for 100 nights x 1000 frames (benchmarks/bench_dag.py).
+    table = read_inventory(path)
+    return table.filled() if table.has_masked_columns else table
 
 
 def inventory(night):
@@ -424,13 +454,20 @@ def calib_params(kind):
     return params
 
 
+def _abs_if_staged(path):
+    return os.path.abspath(path) if STAGING else path
+
+
 def fallback_params(wildcards):
     """What the fallback chain needs: the night's calibration_params and where to look."""
     return dict(
         night=wildcards.night,
         calibration_params=night_cfg(wildcards.night)["calibration_params"],
-        search_roots=[WORK, RESULTS],
-        master_flats_file=config["master_flats_file"],
+        # Absolute: shadow jobs (staged runs) run in another directory.
+        # Shadowed (staged) jobs run in a scratch folder: they need absolute paths. Unstaged
+        # runs keep relative ones so moving the project does not rerun the masters.
+        search_roots=[_abs_if_staged(WORK), _abs_if_staged(RESULTS)],
+        master_flats_file=_abs_if_staged(config["master_flats_file"]),
     )
 
 

@@ -23,8 +23,9 @@ else:
 rule photometry_streaming:
     """One numba pass per frame: calibrate the needed pixels, centroid, sum every aperture."""
     input:
+        unpack(staged_night),
         unpack(masters_for_target),
-        frames=science_frames,
+        inventory=lambda w: inventory_path(w.night),
         targets=config["targets_file"],
     output:
         **STREAMING_OUTPUTS,
@@ -37,6 +38,7 @@ rule photometry_streaming:
     threads: config["processing"]["threads"]
     params:
         instrument=lambda w: instrument_cfg(w.night),
+        frames=science_frames,
         settings=photometry_params,
         out_dir=lambda w: work(f"{w.night}/{w.target}"),
     script:
@@ -46,8 +48,9 @@ rule photometry_streaming:
 rule reduce_science:
     """Traditional path, step 1: calibrated SCI/ERR/MASK frames (e-) on disk."""
     input:
+        unpack(staged_night),
         unpack(masters_for_target),
-        frames=science_frames,
+        inventory=lambda w: inventory_path(w.night),
     output:
         temp(directory(work("{night}/{target}/reduced"))),
     log:
@@ -59,6 +62,7 @@ rule reduce_science:
     threads: config["processing"]["threads"]
     params:
         instrument=lambda w: instrument_cfg(w.night),
+        frames=science_frames,
     script:
         "../workflow/scripts/reduce_science.py"
 
@@ -67,7 +71,7 @@ rule photometry_from_reduced:
     """Traditional path, step 2: centroids and photometry from the calibrated frames."""
     input:
         reduced=work("{night}/{target}/reduced"),
-        frames=science_frames,
+        inventory=lambda w: inventory_path(w.night),
         targets=config["targets_file"],
     output:
         **PHOTOMETRY_OUTPUTS,
@@ -80,6 +84,8 @@ rule photometry_from_reduced:
     threads: config["processing"]["threads"]
     params:
         instrument=lambda w: instrument_cfg(w.night),
+        frames=science_frames,
         settings=photometry_params,
+        out_dir=lambda w: work(f"{w.night}/{w.target}"),
     script:
         "../workflow/scripts/photometry_from_reduced.py"

@@ -13,6 +13,8 @@ rule stage_raw:
         temp(directory(f"{STAGING}/{{night}}")),
     log:
         logs("{night}/logs/stage_raw.log"),
+    conda:
+        "../envs/bandersnake.yaml"
     resources:
         nas_io=1,
         mem_mb=500,

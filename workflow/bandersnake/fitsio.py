@@ -18,6 +18,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 from astropy.io.fits.verify import VerifyWarning
 
 from .errors import FrameError
+from .staging import local_path
 
 RAW_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
 
@@ -54,7 +55,7 @@ def read_header(path, extension=0):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (AstropyUserWarning, VerifyWarning))
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            with fits.open(local_path(path), memmap=False, lazy_load_hdus=True) as hdul:
                 idx = image_hdu_index(hdul, extension)
                 if idx is None:
                     raise FrameError(path, "no 2-D image HDU")
@@ -92,7 +93,7 @@ def read_image(path, extension=0, expected_shape=None, dtype=np.float32):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (AstropyUserWarning, VerifyWarning))
-            with fits.open(path, memmap=False) as hdul:
+            with fits.open(local_path(path), memmap=False) as hdul:
                 idx = image_hdu_index(hdul, extension)
                 if idx is None:
                     raise FrameError(path, "no 2-D image HDU")

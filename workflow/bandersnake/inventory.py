@@ -5,6 +5,7 @@ read to find bias, dark, flat and science frames, so adding a frame to a night r
 inventory and, through it, exactly the jobs whose inputs changed.
 """
 
+import contextlib
 import fnmatch
 import logging
 import os
@@ -142,8 +143,14 @@ def frame_record(path, instrument, expected_shape=None):
     """
     kw = instrument["keywords"]
     row = dict(path=str(path), file=Path(path).name, type="unknown", target="", filter="", exptime=np.nan,
-               date_obs="", jd_mid_utc=np.nan, session="", naxis1=0, naxis2=0, accepted=False, reason="")
+               date_obs="", jd_mid_utc=np.nan, session="", naxis1=0, naxis2=0, accepted=False, reason="",
+               file_bytes=-1, file_mtime_ns=-1)
     try:
+        # Size and modification time identify the file's content: when a frame is replaced the
+        # inventory changes, and with it every job that reads the night's frames through it.
+        with contextlib.suppress(OSError):
+            stat = os.stat(path)
+            row["file_bytes"], row["file_mtime_ns"] = stat.st_size, stat.st_mtime_ns
         header = read_header(path, instrument.get("image_extension", 0))
         row["naxis1"], row["naxis2"] = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
         frame_type, how = classify(header, row["file"], instrument)

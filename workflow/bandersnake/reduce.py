@@ -31,6 +31,7 @@ from . import timing
 from .aperture import MASK_BAD, MASK_NEAR_BAD
 from .errors import CalibrationMissing, ConfigError, FrameError
 from .fitsio import image_hdu_index, read_image, write_fits
+from .staging import local_path
 
 log = logging.getLogger(__name__)
 
@@ -404,15 +405,17 @@ def read_raw(path, instrument, expected_shape=None):
 
     code = RAW_NATIVE
     try:
+        # Bytes from the staged copy in staged runs; errors keep naming the raw path.
+        src = local_path(path)
         fast = None
         if str(path).lower().endswith(_UNCOMPRESSED) and instrument.get("image_extension", 0) in (0, None):
-            fast = _read_primary_fast(path)
+            fast = _read_primary_fast(src)
         if fast is not None:
             data, code, header = fast
         else:
-            data, header = _read_astropy(path, instrument)
-    except FrameError:
-        raise
+            data, header = _read_astropy(src, instrument)
+    except FrameError as err:
+        raise FrameError(path, err.reason) from None
     except FileNotFoundError:
         raise FrameError(path, "file not found") from None
     except Exception as err:  # truncated / corrupt files surface as OSError, ValueError, zlib/gzip errors

@@ -11,7 +11,7 @@ with log_to(snakemake.log[0]):
         star0_positions=settings["centroid"]["star0_positions"],
     )
     centroid_and_photometry_from_reduced(
-        list(snakemake.input.frames),
+        list(snakemake.params.frames),
         snakemake.input.reduced,
         snakemake.params.instrument,
         settings,
