@@ -37,10 +37,10 @@ if STAGING:
     include: "rules/staging.smk"
 
 
+# Every night (listed in config or discovered under raw_root) published in results/, plus the
+# multi-night precision-versus-brightness plot.
 rule all:
     default_target: True
-    """Every night (listed in config, or discovered under raw_root) published in results/,
-    and the multi-night precision-versus-brightness plot."""
     input:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
         PRECISION_SUMMARY,
