@@ -588,7 +588,8 @@ def solve_frames(paths, out_dir, *, scale_low, scale_high, ra_hint=None, dec_hin
     results = []
     ra, dec, lo, hi = ra_hint, dec_hint, scale_low, scale_high
     for p in paths:
-        stem = Path(p).name.split(".")[0]
+        # ASTEP names hold dots (2025-04-03_15.48.22_SCIENCE.fits): strip only the FITS suffixes.
+        stem = re.sub(r"\.(fits?|fts)(\.(gz|fz))?$", "", Path(p).name, flags=re.I)
         try:
             res = solve_field(p, Path(out_dir) / f"{stem}.wcs", scale_low=lo, scale_high=hi, ra_hint=ra,
                               dec_hint=dec, radius_deg=radius_deg, **kwargs)

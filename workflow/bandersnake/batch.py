@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import discover_nights, load_yaml
+from .config import discover_nights, instrument_layout, load_yaml
 from .errors import BandersnakeError
 from .fitsio import write_text
 
@@ -212,8 +212,12 @@ def batch_nights(config, workflow_dir=WORKFLOW_DIR):
         return list(config["nights"])
     instruments = config.get("instruments") or sorted(
         p.stem for p in _instruments_dir(config, workflow_dir).glob("*.yaml"))
-    return discover_nights(config.get("raw_layout", "{raw_root}/{inst}/images/{date}"),
-                           config["raw_root"], instruments)
+    layout = config.get("raw_layout", "{raw_root}/{inst}/images/{date}")
+    inst_dir = _instruments_dir(config, workflow_dir)
+    # Instruments may carry their own layout (ASTEP's date folders).
+    layouts = {inst: instrument_layout(load_yaml(inst_dir / f"{inst}.yaml"), layout)
+               for inst in instruments if (inst_dir / f"{inst}.yaml").exists()}
+    return discover_nights(layout, config["raw_root"], instruments, layouts=layouts)
 
 
 def _instruments_dir(config, workflow_dir):

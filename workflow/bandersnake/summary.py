@@ -65,9 +65,15 @@ def night_summary(night, products, out, without_positions=()):
     masters = [p for p in products if Path(p).name.startswith(("master_", "bad_pixel_map"))]
     if masters:
         lines += ["Calibrations"] + ["  " + describe_master(p) for p in masters] + [""]
-    tables = [p for p in products if Path(p).name.startswith(("centroids", "photometry_aper"))]
+    tables = [p for p in products if Path(p).name.startswith(("centroids", "photometry_aper"))
+              and Path(p).suffix == ".fits"]
     if tables:
         lines += ["Targets"] + [f"  {Path(p).parent.parent.name}/{describe_table(p)}" for p in tables] + [""]
+    from .calibrated import describe_products
+
+    frame_products = describe_products(products)
+    if frame_products:
+        lines += ["Calibrated frames, astrometry, KBMOD"] + ["  " + s for s in frame_products] + [""]
     for target in without_positions:
         lines.append(f"  {target}: no entry in targets.yaml, so no photometry; add its star positions to get it")
     text = "\n".join(lines) + "\n"
