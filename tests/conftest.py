@@ -1,6 +1,8 @@
 """Shared fixtures: paths, real data location, and a helper that runs the workflow."""
 
+import hashlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +42,19 @@ def arcsat_raw_root(tmp_path):
     night_dir.parent.mkdir(parents=True)
     night_dir.symlink_to(ARCSAT_RAW)
     return tmp_path / "raw"
+
+
+def tree_checksums(root):
+    """sha256 and mode of every file under ``root`` (the raw tree must not change)."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, root)] = (hashlib.sha256(fh.read()).hexdigest(), os.stat(path).st_mode)
+    return out
+
+
+def planned_jobs(snakemake_output):
+    """Rule names of the jobs a Snakemake run printed (executed, or planned in a dry run)."""
+    return re.findall(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", snakemake_output, flags=re.M)

@@ -7,7 +7,6 @@ solve-field solves it with the Debian index files. Bad input is added by hand: a
 a frame of another exposure time (no darks of it) and a starless (cloudy) frame.
 """
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -24,7 +23,7 @@ from bandersnake.config import load_instrument
 from bandersnake.kbmod import read_kbmod_frame
 from bandersnake.simulate import simulate_night, small_config
 
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, planned_jobs, run_snakemake, tree_checksums
 
 # Header-only WCS files (truth/wcs.fits) make astropy note that the image has no axes.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")]
@@ -38,19 +37,6 @@ needs_solver = pytest.mark.skipif(
     not A.solve_field_available() or not list(INDEX_DIR.glob("index-tycho2-*.fits")),
     reason="solve-field or Tycho-2 index files absent (make system-packages: apt-get install astrometry.net "
            "astrometry-data-tycho2-09 astrometry-data-tycho2-10-19)")
-
-
-def _checksums(root):
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            p = os.path.join(dirpath, name)
-            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
-def _jobs(output):
-    return re.findall(r"^\s*(?:local)?rule (\w+):", output, flags=re.M)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +74,7 @@ def astep_date(tmp_path_factory):
     hdr["EXPTIME"], hdr["DATE-OBS"] = EXPTIME, f"{DATE_ISO}T16:30:00.000"
     fits.PrimaryHDU(blank, hdr).writeto(cams / f"{DATE_ISO}_16.30.00_SCIENCE.fits")
     config = dict(raw_root=root / "raw", instruments_dir=root / "instruments", instruments="[ASTEP]")
-    before = _checksums(root / "raw")
+    before = tree_checksums(root / "raw")
     proc = run_snakemake(root, targets=[f"results/{NIGHT}/"], config=config)
     return dict(root=root, truth=truth, config=config, raw_before=before, proc=proc,
                 res=root / "results" / NIGHT, work=root / "work" / NIGHT)
@@ -123,7 +109,7 @@ def test_cal_frames_exist_with_sci_err_mask(astep_date):
             assert prim["CALBIAS"] == "master_bias.fits" and prim["CALFLAT"] == "master_flat_NONE.fits"
             assert prim["CRGAIN"] == 1.0 and "ASTROSTA" in prim
     # Products only under work/ and results/: the raw tree is unchanged and holds no _CAL file.
-    assert _checksums(root / "raw") == astep_date["raw_before"]
+    assert tree_checksums(root / "raw") == astep_date["raw_before"]
     assert not list((root / "raw").rglob("*_CAL*"))
     # Published as hard links of the work tree.
     assert os.path.samefile(cal[0], astep_date["work"] / "calibrated" / cal[0].name)
@@ -245,9 +231,9 @@ def test_kbmod_frames(astep_date):
 def test_rerun_does_nothing_and_forcerun_redoes(astep_date):
     root, config = astep_date["root"], astep_date["config"]
     proc = run_snakemake(root, targets=[f"results/{NIGHT}/"], config=config, extra=["-n"])
-    assert _jobs(proc.stdout + proc.stderr) == []
+    assert planned_jobs(proc.stdout + proc.stderr) == []
     proc = run_snakemake(root, targets=[f"results/{NIGHT}/"], config=config,
                          extra=["-n", "--forcerun", "calibrate_frames"])
-    jobs = set(_jobs(proc.stdout + proc.stderr))
+    jobs = set(planned_jobs(proc.stdout + proc.stderr))
     assert {"calibrate_frames", "astrometry", "kbmod_frames", "publish_night"} <= jobs
     assert not {"inventory", "master_bias", "master_dark", "master_flat", "master_dark_exptime"} & jobs

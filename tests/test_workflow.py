@@ -5,7 +5,6 @@ does nothing, a changed raw frame or a changed night setting reruns only the aff
 night, and the raw tree is never written.
 """
 
-import hashlib
 import os
 import re
 import shutil
@@ -19,27 +18,11 @@ from astropy.table import Table
 from bandersnake.config import load_instrument
 from bandersnake.simulate import simulate_night, small_config
 
-from conftest import ROOT, run_snakemake
+from conftest import ROOT, planned_jobs, run_snakemake, tree_checksums
 
 pytestmark = pytest.mark.slow
 
 NIGHT_A, NIGHT_B = "SPIRIT2_20240310", "SPIRIT2_20240311"
-
-
-def tree_checksums(root):
-    """sha256 and mode of every file under ``root`` (the raw tree must not change)."""
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            out[os.path.relpath(path, root)] = (hashlib.sha256(open(path, "rb").read()).hexdigest(),
-                                               os.stat(path).st_mode)
-    return out
-
-
-def planned_jobs(proc_output):
-    """Rule names of the jobs a dry run would execute."""
-    return re.findall(r"^\s*(?:local)?(?:rule|checkpoint) (\w+):", proc_output, flags=re.M)
 
 
 @pytest.fixture(scope="module")

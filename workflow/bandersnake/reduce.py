@@ -588,3 +588,8 @@ def _finish_write(path, dest, fut):
         log.warning("could not write %s: %s", dest, err)
         return {"path": str(path), "reduced": None, "reason": f"write failed: {err}"}
     return {"path": str(path), "reduced": str(dest), "reason": ""}
+
+
+def master_paths(named_inputs):
+    """``bias``/``dark``/``flat``/``bpm`` master paths from a rule's named inputs."""
+    return {key: named_inputs[key] for key in ("bias", "dark", "flat", "bpm")}

@@ -154,3 +154,9 @@ def resolve_target(targets, name, date, star0_positions=None, source="targets.ya
     return TargetEntry(name=sanitize(name), positions=pos, tracking_star=track, start_date=start,
                        ra=entry.get("ra"), dec=entry.get("dec"), star0_offset=offset,
                        source=where + (f" (start_date {start})" if start else " (legacy entry)"))
+
+
+def resolve_for_night(targets_file, settings):
+    """:func:`resolve_target` for a photometry job's settings (``target``, ``date``, ``centroid``)."""
+    return resolve_target(targets_file, settings["target"], settings["date"],
+                          star0_positions=settings["centroid"]["star0_positions"])

@@ -1,15 +1,10 @@
 from bandersnake.logs import log_to
 from bandersnake.photometry import centroid_and_photometry_from_reduced
-from bandersnake.targets import resolve_target
+from bandersnake.targets import resolve_for_night
 
 with log_to(snakemake.log[0]):
     settings = snakemake.params.settings
-    target = resolve_target(
-        snakemake.input.targets,
-        settings["target"],
-        settings["date"],
-        star0_positions=settings["centroid"]["star0_positions"],
-    )
+    target = resolve_for_night(snakemake.input.targets, settings)
     centroid_and_photometry_from_reduced(
         list(snakemake.params.frames),
         snakemake.input.reduced,

@@ -1,26 +1,17 @@
 from bandersnake.logs import log_to
 from bandersnake.photometry import run_streaming
+from bandersnake.reduce import master_paths
 from bandersnake.staging import staged_reads
-from bandersnake.targets import resolve_target
+from bandersnake.targets import resolve_for_night
 
 with log_to(snakemake.log[0]):
     # Raw pixels come from the staged copies in staged runs (no-op otherwise).
     with staged_reads(snakemake.input.get("staged"), snakemake.params.frames):
         settings = snakemake.params.settings
-        target = resolve_target(
-            snakemake.input.targets,
-            settings["target"],
-            settings["date"],
-            star0_positions=settings["centroid"]["star0_positions"],
-        )
+        target = resolve_for_night(snakemake.input.targets, settings)
         run_streaming(
             list(snakemake.params.frames),
-            dict(
-                bias=snakemake.input.bias,
-                dark=snakemake.input.dark,
-                flat=snakemake.input.flat,
-                bpm=snakemake.input.bpm,
-            ),
+            master_paths(snakemake.input),
             snakemake.params.instrument,
             settings,
             target,

@@ -1,5 +1,5 @@
 from bandersnake.logs import log_to
-from bandersnake.reduce import reduce_frames
+from bandersnake.reduce import master_paths, reduce_frames
 from bandersnake.staging import staged_reads
 
 with log_to(snakemake.log[0]):
@@ -7,12 +7,7 @@ with log_to(snakemake.log[0]):
     with staged_reads(snakemake.input.get("staged"), snakemake.params.frames):
         reduce_frames(
             list(snakemake.params.frames),
-            dict(
-                bias=snakemake.input.bias,
-                dark=snakemake.input.dark,
-                flat=snakemake.input.flat,
-                bpm=snakemake.input.bpm,
-            ),
+            master_paths(snakemake.input),
             snakemake.params.instrument,
             snakemake.output[0],
             threads=snakemake.threads,
