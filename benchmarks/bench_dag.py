@@ -125,6 +125,11 @@ def main(argv=None):
     cmd = [str(exe), "-s", str(snakefile), "-n", "--quiet", "rules", "--cores", "2",
            "--config"] + [f"{k}={v}" for k, v in cfg.items()]
     env = dict(os.environ, PYTHONPATH=str(ROOT / "workflow"))
+    # Snakemake's own start-up (imports, plugin discovery), part of every run; with SLURM installed
+    # but its controller down, the SLURM plugin alone adds ~9 s here (docs/scale.md).
+    t0 = time.perf_counter()
+    subprocess.run([str(exe), "--version"], env=env, capture_output=True, check=True)
+    startup = time.perf_counter() - t0
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -134,7 +139,8 @@ def main(argv=None):
     n_files = sum(1 for _ in (base / "raw").rglob("*.fits"))
     jobs = [ln for ln in proc.stdout.splitlines() + proc.stderr.splitlines() if ln.startswith("total")]
     print(f"setup {t_setup:.1f} s; {args.nights} nights x {args.frames} science frames "
-          f"({n_files} raw files): snakemake -n {seconds:.1f} s ({jobs[-1].split()[-1] if jobs else '?'} jobs)")
+          f"({n_files} raw files): snakemake -n {seconds:.1f} s ({jobs[-1].split()[-1] if jobs else '?'} jobs; "
+          f"snakemake --version alone {startup:.1f} s); load average {os.getloadavg()[0]:.2f}")
     print(proc.stdout[-1500:])
     if not args.keep:
         shutil.rmtree(base)

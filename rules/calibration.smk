@@ -3,13 +3,14 @@ rule master_bias:
     input:
         unpack(staged_night),
         frames=calib_frames("bias"),
-    shadow: SHADOW
     output:
         work("{night}/calib/master_bias.fits"),
     log:
         logs("{night}/logs/master_bias.log"),
     benchmark:
         bench("{night}/benchmarks/master_bias.tsv")
+    shadow:
+        SHADOW
     conda:
         "../envs/bandersnake.yaml"
     resources:
@@ -29,13 +30,14 @@ rule master_dark:
         unpack(staged_night),
         frames=calib_frames("dark"),
         bias=work("{night}/calib/master_bias.fits"),
-    shadow: SHADOW
     output:
         work("{night}/calib/master_dark.fits"),
     log:
         logs("{night}/logs/master_dark.log"),
     benchmark:
         bench("{night}/benchmarks/master_dark.tsv")
+    shadow:
+        SHADOW
     conda:
         "../envs/bandersnake.yaml"
     resources:
@@ -57,13 +59,14 @@ rule master_flat:
         dawn=flat_frames("dawn"),
         bias=work("{night}/calib/master_bias.fits"),
         dark=flat_dark,
-    shadow: SHADOW
     output:
         work("{night}/calib/master_flat_{filter}.fits"),
     log:
         logs("{night}/logs/master_flat_{filter}.log"),
     benchmark:
         bench("{night}/benchmarks/master_flat_{filter}.tsv")
+    shadow:
+        SHADOW
     conda:
         "../envs/bandersnake.yaml"
     resources:

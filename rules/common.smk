@@ -23,6 +23,7 @@ from bandersnake.inventory import (
     list_files,
     list_files_exptime,
     raw_files,
+    raw_fingerprint,
     read_inventory,
     sanitize_name,
 )
@@ -208,10 +209,17 @@ def all_nights():
 
 
 # ---------------------------------------------------------------- input functions
-def raw_frames(wildcards):
-    """Every raw file of the night (all its folders): the inventory re-runs when one is added
-    or changed."""
-    return raw_files(raw_dir(wildcards.night))
+@lru_cache(maxsize=None)
+def raw_frames(night):
+    """Every raw file of the night (all its folders), as a tuple."""
+    return tuple(raw_files(raw_dir(night)))
+
+
+def raw_frames_fingerprint(wildcards):
+    """Names, sizes and times of the night's raw files: the inventory re-runs when a frame is
+    added, removed or replaced (declaring 1000 frames per night as inputs made the DAG slow).
+    """
+    return raw_fingerprint(raw_frames(wildcards.night))
 
 
 def inventory_path(night):

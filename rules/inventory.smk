@@ -1,7 +1,5 @@
 checkpoint inventory:
     """Read every raw header of a night once: types, targets, filters, times, sessions, rejects."""
-    input:
-        raw_frames,
     output:
         table=work("{night}/calib/inventory.ecsv"),
         lists=directory(work("{night}/calib/lists")),
@@ -10,6 +8,8 @@ checkpoint inventory:
     conda:
         "../envs/bandersnake.yaml"
     params:
+        frames=lambda w: list(raw_frames(w.night)),
+        fingerprint=raw_frames_fingerprint,
         instrument=lambda w: instrument_cfg(w.night),
         run=lambda w: night_cfg(w.night)["instrument_settings"]["run"],
         discard=lambda w: night_cfg(w.night)["instrument_settings"][

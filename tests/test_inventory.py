@@ -1,5 +1,7 @@
 """Inventory: classification, timing, dusk/dawn from the Sun, and bad input contained."""
 
+import os
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -168,3 +170,22 @@ def test_exposure_groups_and_dark_plan():
     # 30 s: matched; 90 s: no darks; 10 s: only 2 accepted darks (< 3) -> scaled fallback.
     assert plan == {30.0: 29.9995, 90.0: None, 10.0: None}
     assert [exptime_tag(t) for t in (30.0, 12.5, 0.001, 29.9995)] == ["30", "12.5", "0.001", "29.9995"]
+
+
+def test_raw_fingerprint_follows_names_sizes_and_times(tmp_path):
+    from bandersnake.inventory import raw_fingerprint
+
+    frames = [tmp_path / f"f{i}.fits" for i in range(3)]
+    for f in frames:
+        f.write_bytes(b"x" * 2880)
+    paths = [str(f) for f in frames]
+    before = raw_fingerprint(paths)
+    assert raw_fingerprint(list(paths)) == before  # deterministic: no re-run without a change
+    assert raw_fingerprint(paths[:2]) != before  # a frame removed
+    os.utime(frames[1], ns=(10**18, 10**18))
+    touched = raw_fingerprint(paths)
+    assert touched != before  # a frame replaced (new modification time)
+    frames[1].write_bytes(b"y" * 5760)
+    os.utime(frames[1], ns=(10**18, 10**18))
+    assert raw_fingerprint(paths) != touched  # same time, different size
+    assert raw_fingerprint(paths + [str(tmp_path / "missing.fits")]) != raw_fingerprint(paths)

@@ -7,6 +7,7 @@ inventory and, through it, exactly the jobs whose inputs changed.
 
 import contextlib
 import fnmatch
+import hashlib
 import logging
 import os
 import re
@@ -340,6 +341,25 @@ def raw_files(directory):
     if not directory.is_dir():
         return []
     return sorted(str(directory / e.name) for e in os.scandir(directory) if e.is_file() and is_raw_fits_name(e.name))
+
+
+def raw_fingerprint(paths):
+    """Digest of the names, sizes (bytes) and modification times (ns) of ``paths``.
+
+    The inventory job takes it as a parameter instead of declaring every raw frame as an input:
+    Snakemake re-runs the job when a frame is added, removed or replaced (its parameters changed)
+    at a small fraction of the cost of 1000 declared inputs per night when building the DAG.
+    A missing file counts as size and time -1.
+    """
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            size, mtime = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime = -1, -1
+        digest.update(f"{path}\t{size}\t{mtime}\n".encode())
+    return digest.hexdigest()
 
 
 def exptime_tag(exptime):

@@ -3,7 +3,7 @@ from bandersnake.logs import log_to
 
 with log_to(snakemake.log[0]):
     make_inventory(
-        list(snakemake.input),
+        list(snakemake.params.frames),
         snakemake.params.instrument,
         out_table=snakemake.output.table,
         lists_dir=snakemake.output.lists,
