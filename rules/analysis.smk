@@ -10,6 +10,9 @@ ANALYSIS_INPUTS = dict(
 rule differential:
     """Differential photometry (Broeg-weighted ensemble), best aperture and precision metrics;
     the noise model uses the measured read noise and dark current of the night's masters.
+    Data that make the analysis impossible (target unusable in every frame, too few frames) give
+    products marked ANASTAT='FAILED' with the reason, and the later analysis rules write theirs
+    saying so: the night is still published. Any other error fails the job.
     """
     input:
         **ANALYSIS_INPUTS,

@@ -7,7 +7,10 @@ one row per night with its status, the first failing rule and that job's log. A 
 with SIGKILL leaves Snakemake's lock behind; the next batch sees that the recorded batch
 process is gone, unlocks and resumes (``--rerun-incomplete`` redoes the interrupted jobs).
 
-Statuses: ``success`` (published), ``failed`` (a job of the night failed: ``rule``, ``log``),
+Statuses: ``success`` (published), ``warning`` (published, but the data of a target made its
+light-curve analysis impossible: ``note`` names the target and why, ``log`` is that job's log;
+the calibrations, centroids and photometry are published as usual), ``failed`` (a job of the
+night failed: ``rule``, ``log``),
 ``interrupted`` (the batch stopped before the night was done), ``not built`` (no job failed
 but the night was not published, e.g. the DAG could not be built: see ``note``), and for
 ``--dry-run`` ``up to date`` or ``pending`` (``rule`` lists the jobs that would run).
@@ -103,6 +106,41 @@ def parse_planned_jobs(text):
 
 
 # ------------------------------------------------------------------ the status table
+def analysis_failures(paths):
+    """Targets of published nights whose light-curve analysis was not possible.
+
+    Parameters
+    ----------
+    paths : list of Path
+        A night's targets; directories (``results/<night>``) are searched for
+        ``<target>/photometry/differential.fits`` marked ``ANASTAT = 'FAILED'``.
+
+    Returns
+    -------
+    list of dict
+        ``target``, ``reason``, ``log`` (the differential job's published log, or ``''``).
+    """
+    from astropy.io import fits
+
+    out = []
+    for root in paths:
+        if not Path(root).is_dir():
+            continue
+        for product in sorted(Path(root).glob("*/photometry/differential.fits")):
+            try:
+                header = fits.getheader(product, 0)
+            except Exception as err:  # a status table must be written whatever the products hold
+                log.warning("%s: unreadable (%s)", product, err)
+                continue
+            if str(header.get("ANASTAT", "")).strip().upper() != "FAILED":
+                continue
+            target = product.parent.parent.name
+            job_log = Path(root) / "logs" / f"differential_{target}.log"
+            out.append(dict(target=target, reason=str(header.get("ANAWHY", "")),
+                            log=str(job_log) if job_log.exists() else ""))
+    return out
+
+
 def night_status(nights, errors, targets, started, returncode, interrupted, dry_run=False,
                  planned=None, note=""):
     """One status row per night (see the module docstring for the statuses).
@@ -158,6 +196,11 @@ def night_status(nights, errors, targets, started, returncode, interrupted, dry_
         else:
             row["status"] = "not built"
             row["note"] = note or "no job of this night failed; see the Snakemake log"
+        if row["status"] == "success":
+            failures = analysis_failures(paths)
+            if failures:
+                row.update(status="warning", rule="differential", log=failures[0]["log"],
+                           note="; ".join(f"{f['target']}: analysis not possible: {f['reason']}" for f in failures))
         rows.append(row)
     return rows
 

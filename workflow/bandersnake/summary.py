@@ -1,5 +1,6 @@
 """The night summary: what went in, what was rejected and why, which calibrations (and fallbacks)
-were used, and how many frames and stars each target's photometry flagged."""
+were used, how many frames and stars each target's photometry flagged, and each target's
+light-curve analysis (OK, or FAILED with the reason when the data made it impossible)."""
 
 import logging
 from pathlib import Path
@@ -44,6 +45,45 @@ def describe_table(path):
     return line
 
 
+def describe_analysis(differential_path):
+    """One line on a target's light-curve analysis, from the header of its ``differential.fits``.
+
+    ``<target>: analysis OK, best aperture 5 px, ensemble of 4 comparisons, 118 frames kept`` or
+    ``<target>: analysis FAILED: analysis not possible: <reason>``.
+    """
+    from .analysis.status import STATUS_FAILED, failure_text
+
+    path = Path(differential_path)
+    target = path.parent.parent.name
+    with fits.open(path, memmap=False) as hdul:
+        primary = hdul[0].header
+        if str(primary.get("ANASTAT", "OK")).strip().upper() == STATUS_FAILED:
+            return f"{target}: analysis FAILED: {failure_text(primary.get('ANAWHY', 'no reason recorded'))}"
+        best = primary.get("BESTAPER")
+        ext = f"APER{int(round(float(best)))}" if best is not None else None
+        if ext is None or ext not in hdul:
+            return f"{target}: analysis OK (no best-aperture table found)"
+        h = hdul[ext].header
+    mode = h.get("COMPMODE", "")
+    comps = f"ensemble of {h.get('NCOMP', 0)} comparisons" if mode == "ensemble" else f"{mode} light curve"
+    return f"{target}: analysis OK, best aperture {float(best):g} px, {comps}, {h.get('NKEPT', '?')} frames kept"
+
+
+def describe_transit(path):
+    """One line on a target's transit fit (``transit_fit.yaml``)."""
+    import yaml
+
+    target = Path(path).parent.parent.name
+    fit = yaml.safe_load(Path(path).read_text()) or {}
+    if fit.get("success"):
+        return (f"{target}: transit fit: depth {1e3 * fit['depth_model']:.2f} +- {1e3 * fit['depth_model_err']:.2f} "
+                f"ppt, T0 {fit['t0']:.5f} +- {fit['t0_err']:.5f} BJD_TDB")
+    if fit.get("analysis_status") == "FAILED":
+        return f"{target}: transit fit not done (no light curve: analysis not possible)"
+    state = "did not converge" if "depth_model" in fit else "not done"
+    return f"{target}: transit fit {state} ({fit.get('message', 'no message')})"
+
+
 def night_summary(night, products, out, without_positions=()):
     """Write the night's summary text to ``out`` and return it.
 
@@ -69,6 +109,11 @@ def night_summary(night, products, out, without_positions=()):
               and Path(p).suffix == ".fits"]
     if tables:
         lines += ["Targets"] + [f"  {Path(p).parent.parent.name}/{describe_table(p)}" for p in tables] + [""]
+    analyses = [p for p in products if Path(p).name == "differential.fits"]
+    fits_ = [p for p in products if Path(p).name == "transit_fit.yaml"]
+    if analyses or fits_:
+        lines += (["Light-curve analysis"] + ["  " + describe_analysis(p) for p in analyses]
+                  + ["  " + describe_transit(p) for p in fits_] + [""])
     from .calibrated import describe_products
 
     frame_products = describe_products(products)

@@ -8,18 +8,24 @@ Entry points (one per product; the Snakemake rules call these):
 * :func:`write_exports` -> juliet ``lc.dat`` and an AAVSO Extended Format file
 * :func:`run_transit_fit` / :func:`fit_transit` -> transit depth, mid-time and duration
 
+When the data make the analysis impossible, :func:`run_differential` raises
+:class:`~bandersnake.errors.AnalysisNotPossible`; the stages then publish every product marked
+failed with the reason (:mod:`.status`, :func:`analysis_failure`).
+
 The Snakemake rules (``rules/analysis.smk``) call these through :mod:`.stages`, one function per rule.
 """
 
+from ..errors import AnalysisNotPossible
 from .differential import read_differential, run_differential
 from .exports import write_aavso, write_exports, write_juliet
 from .io import MissingProductError, ProductError
 from .plots import make_plots, plot_precision_vs_brightness, plot_transit_fit
 from .precision import read_precision_metrics
+from .status import analysis_failure
 from .transit import fit_transit, run_transit_fit
 
 __all__ = [
     "run_differential", "read_differential", "make_plots", "plot_precision_vs_brightness", "plot_transit_fit",
     "write_exports", "write_juliet", "write_aavso", "fit_transit", "run_transit_fit", "read_precision_metrics",
-    "MissingProductError", "ProductError",
+    "MissingProductError", "ProductError", "AnalysisNotPossible", "analysis_failure",
 ]

@@ -30,7 +30,10 @@ Method, per aperture (star 0 is the target):
 
 Fewer than two usable comparisons: a clear warning and a *target-only* light curve (the target's
 normalised flux, ``COMPMODE = 'target-only'``). An aperture whose target flux is all NaN is
-skipped with a note.
+skipped with a note. When no aperture gives a light curve of at least :data:`MIN_KEPT_FRAMES`
+kept frames (the target unusable in every frame, too few frames left after rejection, an empty
+photometry table), :func:`run_differential` raises :class:`~bandersnake.errors.AnalysisNotPossible`
+naming the target and why; the workflow stage then publishes failed products (:mod:`.status`).
 
 Product: ``photometry/differential.fits`` (one file so the rule's outputs do not depend on the
 aperture range): primary header ``BESTAPER`` (px) and ``BESTCRIT``, and one BinTable ``APER<N>``
@@ -54,9 +57,12 @@ from astropy.io import fits
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import __version__
+from ..errors import AnalysisNotPossible
 from ..fitsio import write_fits
-from .io import UNUSABLE_BITS, ProductError, fill_frame_columns, read_centroids, read_photometry
+from .io import (FLAG_NAMES, UNUSABLE_BITS, EmptyTableError, ProductError, fill_frame_columns, read_centroids,
+                 read_photometry)
 from . import precision as prec
+from .status import STATUS_OK, raise_if_failed, status_cards
 
 log = logging.getLogger("bandersnake.analysis")
 
@@ -72,6 +78,14 @@ FRAME_BITS = {
     FRAME_DIFF_OUTLIER: "differential-flux outlier",
     FRAME_NO_REFERENCE: "no usable comparison in frame",
 }
+
+# A light curve needs this many kept frames: the rolling outlier test (rolling_outliers) cannot
+# judge fewer than 5 points, so a shorter light curve would be published unvetted.
+MIN_KEPT_FRAMES = 5
+
+# Per-star (vector) columns of differential.fits; a one-star table stores them as scalars.
+STAR_COLUMNS = ("flux_norm", "flux_norm_err", "star_lc", "star_lc_err", "outlier_flag", "good_star_mask",
+                "comp_weight")
 
 DEFAULT_SETTINGS = {
     "outlier_sigma": 4.0,          # rolling outlier threshold (robust sigma)
@@ -432,6 +446,11 @@ def differential_aperture(phot, params, settings=None):
     if len(candidates) >= 2:
         frame_flag[raw_outlier[:, candidates].all(axis=1)] |= FRAME_ALL_COMPS_OUTLIERS
     keep = frame_flag == 0
+    if keep.sum() < MIN_KEPT_FRAMES:  # the ensemble statistics below need a few frames
+        note = (f"aperture {phot.radius:g} px skipped: only {int(keep.sum())} of {n} frames usable "
+                f"(target unusable or an outlier in the others), at least {MIN_KEPT_FRAMES} needed")
+        log.warning("%s (%s)", note, phot.path)
+        return ApertureResult(radius=phot.radius, mode="skipped", note=note, frame_flag=frame_flag)
 
     # Comparisons flagged too often are not interpolated but dropped.
     for s in list(candidates):
@@ -539,6 +558,17 @@ def target_precision(phot, result, window_min=10.0):
     return prec.rolling_precision(phot.bjd[ok], result.diff_flux[ok], window_min)
 
 
+def point_to_point_precision(values):
+    """Per-point scatter from successive differences: robust std of ``diff(values)`` / sqrt(2).
+
+    The fallback criterion when no rolling window holds enough points (cadence longer than a
+    quarter of the window): differences of neighbours cancel slow trends such as a transit.
+    """
+    y = np.asarray(values, dtype=float)
+    y = y[np.isfinite(y)]
+    return robust_std(np.diff(y)) / np.sqrt(2) if len(y) >= 4 else np.nan
+
+
 def choose_best_aperture(radii, precisions, forced=None):
     """Radius with the smallest finite precision (or ``forced`` when it is one of ``radii``)."""
     radii = list(radii)
@@ -548,6 +578,50 @@ def choose_best_aperture(radii, precisions, forced=None):
     if not finite:
         return None
     return float(min(finite)[1])
+
+
+def target_flag_breakdown(phot):
+    """Why the target's measurements are unusable: ``'off chip in 120/120 frames, ...'`` (star 0)."""
+    n = phot.n_frames
+    parts = [f"{name} in {int(c)}/{n} frames" for bit, name in FLAG_NAMES.items()
+             if (c := ((phot.flag[:, 0] & bit) > 0).sum()) and bit & UNUSABLE_BITS]
+    with np.errstate(invalid="ignore"):
+        bad_flux = int((~(np.isfinite(phot.flux[:, 0]) & (phot.flux[:, 0] > 0))).sum())
+    if bad_flux:
+        parts.append(f"flux NaN or <= 0 in {bad_flux}/{n} frames")
+    return ", ".join(parts) or "no photometry flag set"
+
+
+def failure_reason(tables, results):
+    """Why no aperture gives a light curve of at least :data:`MIN_KEPT_FRAMES` kept frames.
+
+    Parameters
+    ----------
+    tables : list of Photometry
+    results : list of ApertureResult
+        In the same order.
+
+    Returns
+    -------
+    str
+        E.g. ``'target (star 0) unusable in every frame of every aperture (off chip in 40/40 frames)'``.
+    """
+    if tables[0].n_frames < MIN_KEPT_FRAMES:
+        return f"only {tables[0].n_frames} frame(s) measured, at least {MIN_KEPT_FRAMES} needed"
+    # Apertures skipped because the target is unusable in every frame have no frame flags.
+    judged = [(t, r) for t, r in zip(tables, results) if r.frame_flag is not None]
+    if not judged:
+        return f"target (star 0) unusable in every frame of every aperture ({target_flag_breakdown(tables[0])})"
+    t, r = max(judged, key=lambda tr: int((tr[1].frame_flag == 0).sum()))
+    removed = [f"{meaning} {int(((r.frame_flag & bit) > 0).sum())}" for bit, meaning in FRAME_BITS.items()
+               if ((r.frame_flag & bit) > 0).any()]
+    why = (f"only {int(r.frame_ok.sum())} of {t.n_frames} frames left after rejection in the best aperture "
+           f"(at least {MIN_KEPT_FRAMES} needed)")
+    if removed:
+        why += "; frames removed: " + ", ".join(removed)
+    if ((r.frame_flag & FRAME_TARGET_UNUSABLE) > 0).any():
+        why += f"; target: {target_flag_breakdown(t)}"
+    return why
 
 
 def load_night(phot_paths, centroid_path=None):
@@ -608,21 +682,39 @@ def run_differential(phot_paths, centroid_path, instrument, settings=None, out_d
         ``paths`` ({differential, metrics, summary}).
     """
     cfg = merged_settings(settings)
-    tables, _ = load_night(phot_paths, centroid_path)
+    try:
+        tables, _ = load_night(phot_paths, centroid_path)
+    except EmptyTableError as err:
+        raise AnalysisNotPossible(f"no frame was measured ({err.path} has no rows)", target, night) from None
     out_dir = Path(out_dir) if out_dir is not None else Path(phot_paths[0]).parent
     params = prec.instrument_noise_params(
         instrument,
         read_noise_e if read_noise_e is not None else cfg["read_noise_e"],
         dark_e_per_s if dark_e_per_s is not None else cfg["dark_e_per_s"])
     results = [differential_aperture(t, params, cfg) for t in tables]
-    sig = [target_precision(t, r, cfg["precision_window_min"]) for t, r in zip(tables, results)]
-    best = choose_best_aperture([t.radius for t in tables], sig, cfg["best_aperture"])
-    if best is None:
-        raise ProductError(out_dir, "no aperture gives a usable target light curve (all skipped or empty)")
-    criterion = ("forced by analysis_settings.best_aperture" if cfg["best_aperture"] is not None
-                 and float(cfg["best_aperture"]) == best else
+    usable = [r.mode != "skipped" and int(r.frame_ok.sum()) >= MIN_KEPT_FRAMES for r in results]
+    if not any(usable):
+        raise AnalysisNotPossible(failure_reason(tables, results), target, night)
+    sig = [target_precision(t, r, cfg["precision_window_min"]) if u else np.nan
+           for t, r, u in zip(tables, results, usable)]
+    radii = [t.radius for t, u in zip(tables, usable) if u]
+    forced = cfg["best_aperture"]
+    if forced is not None and float(forced) not in radii:
+        log.warning("analysis_settings.best_aperture %g px gives no usable light curve: choosing by precision",
+                    float(forced))
+    best = choose_best_aperture(radii, [s for s, u in zip(sig, usable) if u], forced)
+    criterion = ("forced by analysis_settings.best_aperture" if forced is not None and float(forced) == best else
                  f"smallest observed {cfg['precision_window_min']:g}-min rolling precision of the target's "
                  f"differential flux (transit-robust)")
+    if best is None:
+        # No window holds 4 points (cadence > window / 4): neighbours' differences still measure
+        # the scatter, as robustly against a transit.
+        p2p = [point_to_point_precision(r.diff_flux[r.frame_ok]) for r, u in zip(results, usable) if u]
+        best = choose_best_aperture(radii, p2p)
+        criterion = "smallest point-to-point scatter of the target's differential flux (long cadence)"
+    if best is None:
+        raise AnalysisNotPossible("no aperture gives a measurable scatter of the target's light curve",
+                                  target, night)
     log.info("best aperture %g px (%s)", best, criterion)
 
     diff_path = out_dir / "differential.fits"
@@ -650,6 +742,7 @@ def write_differential(path, tables, results, best, criterion, params, night="",
     h = primary.header
     h["BESTAPER"] = (best, "best aperture radius (px)")
     h["BESTCRIT"] = criterion[:68]  # best-aperture criterion (no room for a comment)
+    status_cards(h, STATUS_OK)
     h["NIGHT"] = night
     h["TARGET"] = target
     h["NAPER"] = (len(tables), "apertures analysed")
@@ -732,12 +825,15 @@ def read_differential(path, radius=None):
         When the file is missing (names the differential rule).
     ProductError
         When the aperture is absent or was skipped.
+    AnalysisNotPossible
+        When the product records a failed analysis (``ANASTAT = 'FAILED'``), with its reason.
     """
     from .io import MissingProductError
 
     path = Path(path)
     if not path.exists():
         raise MissingProductError(path, "differential")
+    raise_if_failed(path)
     try:
         with fits.open(path, memmap=False) as hdul:
             best = float(hdul[0].header["BESTAPER"])
@@ -749,6 +845,9 @@ def read_differential(path, radius=None):
             if hdu.header.get("COMPMODE") == "skipped":
                 raise ProductError(path, f"aperture {r:g} px was skipped: {hdu.header.get('COMMENT', '')}")
             out = {c: np.array(hdu.data[c]) for c in hdu.data.names}
+            for c in STAR_COLUMNS:
+                if c in out and out[c].ndim == 1:
+                    out[c] = out[c][:, None]  # one star: FITS gives scalars, callers index [frame, star]
             out["_header"] = hdu.header.copy()
             out["_best"] = best
             out["_primary"] = hdul[0].header.copy()

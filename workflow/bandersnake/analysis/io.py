@@ -26,6 +26,9 @@ FLAG_CORRUPT = 32
 FLAG_REACQUIRED = 64
 # A measurement with one of these bits cannot be trusted for differential photometry.
 UNUSABLE_BITS = FLAG_LOST | FLAG_OFF_CHIP | FLAG_SATURATED | FLAG_NAN | FLAG_CORRUPT
+FLAG_NAMES = {FLAG_LOST: "tracking lost", FLAG_OFF_CHIP: "off chip", FLAG_SATURATED: "saturated",
+              FLAG_BAD_PIXEL: "bad pixel", FLAG_NAN: "NaN", FLAG_CORRUPT: "corrupt frame",
+              FLAG_REACQUIRED: "re-acquired"}
 
 _APER_RE = re.compile(r"photometry_aper(\d+)\.fits$")
 
@@ -45,6 +48,10 @@ class ProductError(BandersnakeError):
         self.path = str(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")
+
+
+class EmptyTableError(ProductError):
+    """A photometry table with no rows (no science frame was measured): a data condition."""
 
 
 class MissingProductError(ProductError, FileNotFoundError):
@@ -179,7 +186,7 @@ def read_photometry(path):
         raise ProductError(path, "column 'BJD_TDB' missing")
     n = len(columns["BJD_TDB"])
     if n == 0:
-        raise ProductError(path, "table has no rows")
+        raise EmptyTableError(path, "table has no rows")
     radius = header.get("APERRAD", aperture_from_name(path))
     if radius is None:
         raise ProductError(path, "no APERRAD header keyword and no aper<N> in the name")

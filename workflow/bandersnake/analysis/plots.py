@@ -6,6 +6,8 @@ pyplot state or display is touched (safe in parallel Snakemake jobs). Captions f
 report are in ``workflow/report/<name>.rst``.
 """
 
+import logging
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,9 @@ from ..fitsio import atomic_path
 from .differential import aperture_radii, read_differential
 from .io import read_centroids, read_photometry
 from .precision import read_precision_metrics
+from .status import STATUS_FAILED, failure_text
+
+log = logging.getLogger("bandersnake.analysis")
 
 NOISE_STYLE = {
     "sigma_photon": ("photon", "tab:orange"),
@@ -239,11 +244,19 @@ def plot_precision_vs_brightness(metrics_paths, out_png, labels=None):
         ``precision_metrics.fits`` of several nights/targets.
     labels : list of str, optional
         Legend labels (default: NIGHT/TARGET header values, else the file's parent folders).
+        Files of an analysis that was not possible (``ANASTAT = 'FAILED'``) are skipped with a
+        warning; when none is left the figure says so.
     """
     fig, axes = _figure(size=(8, 5.5))
     ax = axes[0, 0]
+    shown = 0
     for i, path in enumerate(metrics_paths):
         m = read_precision_metrics(path)
+        if str(m.meta.get("ANASTAT", "")).upper() == STATUS_FAILED or len(m) == 0:
+            # A night whose analysis was not possible has no precision to show.
+            log.warning("%s: skipped (%s)", path, failure_text(m.meta.get("ANAWHY", "no rows")))
+            continue
+        shown += 1
         best = m[m["is_best_aperture"]] if m["is_best_aperture"].any() else m
         if labels is not None:
             label = labels[i]
@@ -259,6 +272,9 @@ def plot_precision_vs_brightness(metrics_paths, out_png, labels=None):
     ax.set_yscale("log")
     ax.set_xlabel("flux rate (e-/s)")
     ax.set_ylabel("per-frame precision (ppt)")
+    if not shown:
+        return plot_not_possible(out_png, f"none of the {len(metrics_paths)} (night, target) analyses succeeded",
+                                 "Precision versus brightness")
     ax.set_title("Precision versus brightness (points: observed, lines: theory, stars: targets)")
     ax.legend(fontsize=7)
     return _save(fig, out_png)
@@ -307,8 +323,42 @@ def plot_transit_note(t, flux, out_png, note, bin_min=10.0):
     return _save(fig, out_png)
 
 
+def plot_not_possible(out_png, reason, title=""):
+    """A figure that states ``analysis not possible: <reason>``, in place of a plot that cannot be made.
+
+    Parameters
+    ----------
+    out_png : path
+    reason : str
+    title : str, optional
+        What the figure would have shown (e.g. the plot's name and the target).
+    """
+    fig, axes = _figure(size=(9, 4))
+    ax = axes[0, 0]
+    ax.set_axis_off()
+    ax.set_title(title or "Light-curve analysis")
+    body = "\n".join(textwrap.wrap(failure_text(reason), 80))
+    ax.text(0.5, 0.5, body, transform=ax.transAxes, ha="center", va="center", fontsize=12, color="tab:red",
+            bbox={"boxstyle": "round", "facecolor": "mistyrose", "edgecolor": "tab:red"})
+    return _save(fig, out_png)
+
+
 PLOTS = ("differential_flux", "raw_flux", "normalised_flux", "sky", "centroid_series",
          "precision_vs_aperture", "noise_budget")
+
+
+def make_not_possible_plots(out_dir, reason, target=""):
+    """Every plot of :data:`PLOTS` as a figure stating why the analysis was not possible.
+
+    Returns
+    -------
+    dict
+        Plot name -> PNG path.
+    """
+    out_dir = Path(out_dir)
+    label = f" of {target}" if target else ""
+    return {name: plot_not_possible(out_dir / f"{name}.png", reason, f"{name.replace('_', ' ')}{label}")
+            for name in PLOTS}
 
 
 def make_plots(differential_path, centroid_path, metrics_path, out_dir, phot_path=None, bin_min=10.0):

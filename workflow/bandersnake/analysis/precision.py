@@ -370,6 +370,7 @@ def write_precision_products(out_dir, tables, results, best, criterion, params, 
         Metrics and summary paths.
     """
     from ..fitsio import write_text
+    from .status import STATUS_OK, status_cards
 
     out_dir = Path(out_dir)
     window = float(settings.get("precision_window_min", 10.0))
@@ -395,8 +396,11 @@ def write_precision_products(out_dir, tables, results, best, criterion, params, 
         hdu.header.add_history(f"input {t.path}")
     for n in notes:
         hdu.header.add_comment(n[:70])
+    status_cards(hdu.header, STATUS_OK)
+    primary = fits.PrimaryHDU()
+    status_cards(primary.header, STATUS_OK, night=night, target=target)
     metrics_path = out_dir / "precision_metrics.fits"
-    write_fits(fits.HDUList([fits.PrimaryHDU(), hdu]), metrics_path)
+    write_fits(fits.HDUList([primary, hdu]), metrics_path)
     summary_path = out_dir / "differential_summary.txt"
     write_text(format_summary(rows, best, criterion, params, night, target, notes), summary_path)
     return metrics_path, summary_path

@@ -10,6 +10,13 @@ Bad input is contained: fewer than two usable comparisons gives a target-only li
 all-NaN aperture is skipped with a note (both in :func:`~.differential.run_differential`), a
 transit fit that cannot run writes a result saying why instead of failing the night, and a
 missing product names the rule that makes it (:class:`~.io.MissingProductError`).
+
+Data that make the whole analysis impossible (:class:`~bandersnake.errors.AnalysisNotPossible`:
+the target unusable in every frame, too few frames left, an empty photometry table) do not fail
+the job either: :func:`differential_stage` writes its products marked ``ANASTAT = 'FAILED'`` with
+the reason, and every later stage, seeing that, writes its declared outputs saying
+``analysis not possible: <reason>`` (:mod:`.status`), so the night is still published. Only
+that exception is contained: any other error (a bug) still fails the job.
 """
 
 import logging
@@ -20,11 +27,15 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..errors import AnalysisNotPossible
 from ..inventory import sanitize_name
 from .differential import DEFAULT_SETTINGS, read_differential, run_differential
 from .exports import write_exports
 from .io import MissingProductError, ProductError
-from .plots import PLOTS, make_plots, plot_precision_vs_brightness, plot_transit_note
+from .plots import PLOTS, make_not_possible_plots, make_plots, plot_not_possible, plot_precision_vs_brightness, \
+    plot_transit_note
+from .status import STATUS_FAILED, STATUS_OK, analysis_failure, failure_text, write_failed_differential, \
+    write_failed_exports
 from .transit import run_transit_fit
 
 log = logging.getLogger("bandersnake.analysis")
@@ -180,15 +191,23 @@ def differential_stage(phot_paths, centroid_path, bias_path, dark_path, instrume
     Returns
     -------
     dict
-        :func:`~.differential.run_differential`'s summary.
+        :func:`~.differential.run_differential`'s summary plus ``status`` ``'OK'``; when the data
+        make the analysis impossible, ``status`` ``'FAILED'``, ``reason`` and ``paths`` of the
+        failed products (see :mod:`.status`).
     """
     cfg = differential_settings(settings)
     rn, dc = master_noise(bias_path, dark_path)
     rn = cfg["read_noise_e"] if cfg["read_noise_e"] is not None else rn
     dc = cfg["dark_e_per_s"] if cfg["dark_e_per_s"] is not None else dc
     out_dir = Path(outputs["differential"]).parent
-    result = run_differential(list(phot_paths), centroid_path, instrument, cfg, out_dir=out_dir,
-                              read_noise_e=rn, dark_e_per_s=dc, night=night, target=target)
+    try:
+        result = run_differential(list(phot_paths), centroid_path, instrument, cfg, out_dir=out_dir,
+                                  read_noise_e=rn, dark_e_per_s=dc, night=night, target=target)
+    except AnalysisNotPossible as err:  # a data condition; anything else is a bug and propagates
+        log.warning("%s; publishing the night with the analysis marked FAILED", err)
+        paths = write_failed_differential(outputs, err.reason, night, target)
+        return {"status": STATUS_FAILED, "reason": err.reason, "paths": paths}
+    result["status"] = STATUS_OK
     _same_paths([outputs[k] for k in ("differential", "metrics", "summary")],
                 [result["paths"][k] for k in ("differential", "metrics", "summary")], out_dir)
     for radius, a in sorted(result["apertures"].items()):
@@ -215,7 +234,13 @@ def plots_stage(differential_path, centroid_path, metrics_path, out_paths, bin_m
     if set(out_paths) != set(PLOTS):
         raise ProductError(differential_path, f"plots asked {sorted(out_paths)}, made {sorted(PLOTS)}")
     out_dir = Path(next(iter(out_paths.values()))).parent
-    written = make_plots(differential_path, centroid_path, metrics_path, out_dir, bin_min=bin_min)
+    reason = analysis_failure(differential_path)
+    if reason is not None:
+        log.warning("%s: %s; every plot says so", differential_path, failure_text(reason))
+        target = fits.getheader(differential_path, 0).get("TARGET", "")
+        written = make_not_possible_plots(out_dir, reason, target)
+    else:
+        written = make_plots(differential_path, centroid_path, metrics_path, out_dir, bin_min=bin_min)
     _same_paths(out_paths.values(), written.values(), out_dir)
     return written
 
@@ -237,6 +262,13 @@ def exports_stage(differential_path, centroid_path, outputs, instrument_name, ta
     """
     s = export_settings or {}
     out_dir = Path(outputs["juliet"]).parent
+    reason = analysis_failure(differential_path)
+    if reason is not None:
+        # No fake data: each file is one comment line stating the failure.
+        log.warning("%s: %s; exports hold only that statement", differential_path, failure_text(reason))
+        write_failed_exports([outputs["juliet"], outputs["aavso"]], reason, target)
+        return {"juliet": Path(outputs["juliet"]), "aavso": Path(outputs["aavso"]), "n_frames": 0,
+                "status": STATUS_FAILED}
     written = write_exports(differential_path, centroid_path, out_dir, instrument_name, target,
                             filter_name=aavso_filter_code(filter_name, s.get("aavso_filter")),
                             obscode=s.get("aavso_obscode", "XXX"), comp_mag=s.get("aavso_comp_mag"))
@@ -249,7 +281,9 @@ def transit_stage(differential_path, out_yaml, out_png, settings):
     """Transit fit of the best (or configured) aperture (rule ``transit_fit``).
 
     A fit that cannot run (too few points, no dip in the window) does not stop the night: the YAML
-    says ``success: false`` with the reason and the PNG shows the light curve with that note.
+    says ``success: false`` with the reason and the PNG shows the light curve with that note. After
+    a failed analysis the YAML says ``success: false``, ``analysis_status: FAILED`` and
+    ``analysis not possible: <reason>``, and the PNG states it.
 
     Returns
     -------
@@ -262,6 +296,15 @@ def transit_stage(differential_path, out_yaml, out_png, settings):
 
     s = dict(settings or {})
     aperture = s.pop("aperture", None)
+    reason = analysis_failure(differential_path)
+    if reason is not None:
+        why = failure_text(reason)
+        log.warning("%s: %s; no transit fit", differential_path, why)
+        report = {"success": False, "analysis_status": STATUS_FAILED, "message": why, "aperture": None,
+                  "settings": {k: v for k, v in s.items()}}
+        plot_not_possible(out_png, reason, "Transit fit")
+        write_text(yaml.safe_dump(report, sort_keys=False), out_yaml)
+        return report
     try:
         return run_transit_fit(differential_path, out_yaml, s, aperture=aperture, plot_path=out_png)
     except ValueError as err:
@@ -285,6 +328,9 @@ def precision_summary_stage(metrics_paths, out_png, labels=None):
         ``precision_metrics.fits`` of every (night, target).
     labels : list of str, optional
         One label per file (default: the NIGHT and TARGET recorded in each file).
+
+    Failed analyses (``ANASTAT = 'FAILED'``) are skipped with a warning; if all failed, the figure
+    says so instead of failing the rule.
     """
     metrics_paths = [Path(p) for p in metrics_paths]
     if not metrics_paths:
