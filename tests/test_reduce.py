@@ -167,3 +167,92 @@ def test_masters_read_directly_equal_read_image(setup):
     good = cal.static_mask & 1 == 0
     np.testing.assert_array_equal(cal.bias[good], bias[good])
     assert cal.bias.dtype == np.float32 and cal.bias.flags.c_contiguous
+
+
+def _header_file(path, cards, long_header=False):
+    hdr = fits.Header()
+    for key, value, comment in cards:
+        hdr[key] = (value, comment)
+    if long_header:          # several header blocks: the END card is not in the first one
+        for k in range(120):
+            hdr[f"PAD{k:05d}"] = (k * 0.5, "padding card")
+    fits.PrimaryHDU(np.arange(SHAPE[0] * SHAPE[1], dtype=np.uint16).reshape(SHAPE), hdr).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("long_header", [False, True])
+def test_fast_header_values_equal_astropy(tmp_path, long_header):
+    # FastHeader replaces astropy's header on the hot path: every value it gives (directly or
+    # through its fallback to the full header) must be astropy's, exactly.
+    from bandersnake.reduce import FastHeader, _read_primary_fast
+    long_text = "a long string value " * 6                      # continued on CONTINUE cards
+    cards = [("EXPTIME", 30.0, "s"), ("DATE-OBS", "2025-06-02T04:00:00.125", "start"),
+             ("OBJECT", "O'Brien  ", "quote inside, trailing blanks"), ("RA", "16 02 11.83", ""),
+             ("DEC", "+28 10 10.7", ""), ("AIRMASS", 1.25, ""), ("NCOMB", 7, ""), ("FLAG", True, ""),
+             ("OFF", False, ""), ("SMALL", 1.5e-300, ""), ("BIGINT", 12345678901, ""),
+             ("LONGSTR", long_text, "continued"), ("EMPTY", "", "empty string"),
+             ("HIERARCH ESO DET GAIN", 1.7, "hierarch")]
+    path = _header_file(tmp_path / "h.fits", cards, long_header)
+    raw, code, fast, buf = _read_primary_fast(path)
+    assert isinstance(fast, FastHeader)
+    ref = fits.getheader(path)
+    for key in list(ref.keys()) + ["ESO DET GAIN", "exptime", "MISSING"]:
+        if key in ("", "COMMENT", "HISTORY"):
+            continue
+        assert fast.get(key) == ref.get(key) and type(fast.get(key)) is type(ref.get(key)), key
+        assert (key in fast) == (key in ref), key
+    assert fast["LONGSTR"] == long_text.rstrip() and fast["OBJECT"] == "O'Brien"
+    with pytest.raises(KeyError):
+        fast["MISSING"]
+    np.testing.assert_array_equal(raw.byteswap() ^ np.uint16(0x8000), fits.getdata(path))
+
+
+@pytest.mark.filterwarnings("ignore::erfa.ErfaWarning")     # dates past the leap-second table
+def test_fast_jd_equals_astropy_time():
+    # The ISO DATE-OBS fast path (ERFA dtf2d) against timing.jd_mid_utc (astropy Time) over
+    # many dates, a leap-second day included: equal within one ulp of a JD (4.7e-10 d = 40 us,
+    # the resolution of a float64 JD; in practice they are identical).
+    from bandersnake import timing
+    from bandersnake.reduce import _jd_mid_utc
+    rng = np.random.default_rng(11)
+    inst = synth_instrument(SHAPE)
+    dates = ["2016-12-31T23:59:60.500", "2025-06-02T04:00:00", "2025-06-02T04:00:00.",
+             "1999-01-01T00:00:00.000001"]
+    for _ in range(300):
+        dates.append(f"{rng.integers(1990, 2040)}-{rng.integers(1, 13):02d}-{rng.integers(1, 29):02d}T"
+                     f"{rng.integers(0, 24):02d}:{rng.integers(0, 60):02d}:{rng.uniform(0, 60):09.6f}")
+    for date in dates:
+        for mid in ("start", "mid"):
+            ins = dict(inst, date_obs_is=mid)
+            hdr = {"DATE-OBS": date}
+            assert abs(_jd_mid_utc(hdr, ins, 30.0) - timing.jd_mid_utc(hdr, ins, 30.0)) <= 4.7e-10, date
+    # Other forms go to astropy: a date without time plus TIME-OBS.
+    hdr = fits.Header({"DATE-OBS": "2025-06-02", "TIME-OBS": "04:00:00"})
+    assert _jd_mid_utc(hdr, inst, 30.0) == timing.jd_mid_utc(hdr, inst, 30.0)
+
+
+def test_read_raw_recycles_buffers(setup, tmp_path):
+    # Frames read into a pool's buffers: same pixels as without, and a released buffer is
+    # reused (no fresh memory per frame). A trimmed frame is a copy: its buffer goes back at once.
+    from bandersnake.reduce import BufferPool
+    tmp, masters, m, raw = setup
+    inst = synth_instrument(SHAPE)
+    pool = BufferPool()
+    a = read_raw(raw[0], inst, SHAPE, pool)
+    np.testing.assert_array_equal(a.data, read_raw(raw[0], inst, SHAPE).data)
+    base = a._buffer[1]
+    a.release()
+    assert a.raw is None and a._buffer is None
+    b = read_raw(raw[1], inst, SHAPE, pool)
+    assert b._buffer[1] is base
+    np.testing.assert_array_equal(b.data, read_raw(raw[1], inst, SHAPE).data)
+    trimmed = dict(inst, trim_section="[1:40, 1:30]")
+    c = read_raw(raw[0], trimmed, None, pool)
+    assert c._buffer is None and c.raw.shape == (30, 40) and len(pool._free) == 1
+    np.testing.assert_array_equal(c.data, fits.getdata(raw[0])[:30, :40])
+    cut = tmp_path / "cut.fits"
+    cut.write_bytes(Path(raw[0]).read_bytes()[: 2880 + 100])
+    spare = pool._free[0]
+    with pytest.raises(FrameError, match="cut.fits: unreadable FITS data .truncated"):
+        read_raw(cut, inst, SHAPE, pool)
+    assert len(pool._free) == 1 and pool._free[0] is spare     # the failed read's buffer went back

@@ -36,7 +36,7 @@ import math
 import numba
 import numpy as np
 
-from .aperture import MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, radix_sort
+from .aperture import MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, mean_std, radix_sort
 
 MAD_TO_SIGMA = 1.4826
 CHOOSE_LARGEST = 0
@@ -117,17 +117,9 @@ def mad_clip_stats(vals, clip, nlimit):
     hi = n
     while hi > lo and not abs(vals[hi - 1] - med) <= lim:
         hi -= 1
-    k = hi - lo
-    if k == 0:
+    if hi == lo:
         return med, 0.0
-    s = 0.0
-    for i in range(lo, hi):
-        s += vals[i]
-    mean = s / k
-    s2 = 0.0
-    for i in range(lo, hi):
-        s2 += (vals[i] - mean) * (vals[i] - mean)
-    return mean, math.sqrt(s2 / k)
+    return mean_std(vals[lo:hi])
 
 
 @numba.njit(cache=True)
@@ -311,16 +303,23 @@ def windowed_centroid(sci, msk, ox, oy, x0, y0, sky, sigma_w, max_iter, max_shif
     y = y0
     rad = 4.0 * sigma_w
     inv2s2 = 0.5 / (sigma_w * sigma_w)
+    # The Gaussian window is separable: exp(-(dx2 + dy2) k) = exp(-dx2 k) exp(-dy2 k), one exp
+    # per column and row instead of one per pixel (equal to ~1e-16 relative).
+    gx = np.empty(w)
     for it in range(max_iter):
         i0 = max(int(math.floor(x - rad)) - ox, 0)
         i1 = min(int(math.ceil(x + rad)) - ox, w - 1)
         j0 = max(int(math.floor(y - rad)) - oy, 0)
         j1 = min(int(math.ceil(y + rad)) - oy, h - 1)
+        for i in range(i0, i1 + 1):
+            dx = ox + i - x
+            gx[i] = math.exp(-dx * dx * inv2s2)
         s = 0.0
         sx = 0.0
         sy = 0.0
         for j in range(j0, j1 + 1):
             dy = oy + j - y
+            gy = math.exp(-dy * dy * inv2s2)
             for i in range(i0, i1 + 1):
                 v = sci[j, i]
                 if msk[j, i] & MASK_OUTSIDE or math.isnan(v):
@@ -329,7 +328,7 @@ def windowed_centroid(sci, msk, ox, oy, x0, y0, sky, sigma_w, max_iter, max_shif
                 d2 = dx * dx + dy * dy
                 if d2 > rad * rad:
                     continue
-                wt = math.exp(-d2 * inv2s2) * (v - sky)
+                wt = gx[i] * gy * (v - sky)
                 s += wt
                 sx += wt * dx
                 sy += wt * dy

@@ -227,25 +227,29 @@ def fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, ms
         k0 = max(i0, e0)
         k1 = min(i1, e1) if e0 <= j < e1 else k0
         if mode == MODE_RAW:
-            for i in range(i0, i1):
-                x = ox + i
-                r = raw_value(raw, y, x, code)
-                m = smask[y, x]
-                if r >= sat:
-                    m |= MASK_SATURATED
-                f = np.float64(flat[y, x])
-                c = (r - offset - np.float64(bias[y, x])) * gain
-                sci = (c - np.float64(dark[y, x]) * exptime * gain) / f
-                sci_w[j, i] = np.float64(np.float32(sci)) if not math.isnan(r) else np.nan
-                msk_w[j, i] = m
-                nbad += m & MASK_BAD
-            for i in range(k0, k1):
-                x = ox + i
-                r = raw_value(raw, y, x, code)
-                f = np.float64(flat[y, x])
-                c = (r - offset - np.float64(bias[y, x])) * gain
-                err = math.sqrt(max(c, 0.0) + rn2) / f
-                err_w[j, i] = np.float64(np.float32(err)) if not math.isnan(r) else np.nan
+            # Columns [i0, c0) and [c1, i1): value only; [c0, c1) (= [k0, k1)): value and error.
+            c0 = min(k0, i1)
+            c1 = min(max(k1, c0), i1)
+            for part in range(3):
+                a = i0 if part == 0 else (c0 if part == 1 else c1)
+                b = c0 if part == 0 else (c1 if part == 1 else i1)
+                with_err = part == 1
+                for i in range(a, b):
+                    x = ox + i
+                    r = raw_value(raw, y, x, code)
+                    m = smask[y, x]
+                    if r >= sat:
+                        m |= MASK_SATURATED
+                    f = np.float64(flat[y, x])
+                    c = (r - offset - np.float64(bias[y, x])) * gain
+                    sci = (c - np.float64(dark[y, x]) * exptime * gain) / f
+                    nan = math.isnan(r)
+                    sci_w[j, i] = np.float64(np.float32(sci)) if not nan else np.nan
+                    msk_w[j, i] = m
+                    nbad += m & MASK_BAD
+                    if with_err:
+                        err = math.sqrt(max(c, 0.0) + rn2) / f
+                        err_w[j, i] = np.float64(np.float32(err)) if not nan else np.nan
         else:
             for i in range(i0, i1):
                 sci_w[j, i] = np.float64(sci_f[y, ox + i])
@@ -343,6 +347,115 @@ def track_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, c
     state[2] = frame_flag
 
 
+@numba.njit(cache=True)
+def _centroid_star(sci, msk, ox, oy, px, py, s, nx, ny, frame_flag, ipar, fpar, labels,
+                   cent_out, cflag, stamps, comp):
+    """Centroid and stamp diagnostics of star ``s`` on its stamp (origin ``ox, oy``)."""
+    n = sci.shape[0]
+    b = ipar[IP_BOXSIZE]
+    if ipar[IP_STAMPS]:
+        for j in range(n):
+            for i in range(n):
+                stamps[s, j, i] = np.float32(sci[j, i])
+    flag = frame_flag
+    sky, sd = stamp_sky(sci, msk, fpar[FP_CLIP], ipar[IP_NLIMIT])
+    pxk, pyk, pv, na, n3, n5, n10, nnan, nout = stamp_diagnostics(sci, msk, ox, oy, sky, sd,
+                                                                  fpar[FP_FLUXABOVE])
+    labels[:, :] = 0
+    lab_s = 0
+    ccx = np.nan
+    ccy = np.nan
+    xw = np.nan
+    yw = np.nan
+    nsat = 0
+    if not math.isnan(sky):
+        lab_s, ccx, ccy, xw, yw, npix, tch, nsat = find_component(sci, msk, ox, oy, px, py, sky, sd,
+                                                                  fpar[FP_SKYSIGMA], CHOOSE_CENTRAL, labels)
+    xc = px
+    yc = py
+    if lab_s > 0 and ipar[IP_REFINE] != 0:
+        xc = ccx
+        yc = ccy
+        ok, rx, ry = windowed_centroid(sci, msk, ox, oy, ccx, ccy, sky, refine_sigma(xw, yw),
+                                       50, float(b))
+        if ok:
+            xc = rx
+            yc = ry
+    for j in range(n):
+        for i in range(n):
+            comp[s, j, i] = 1 if (lab_s > 0 and labels[j, i] == lab_s) else 0
+    if nsat > 0:
+        flag |= FLAG_SATURATED
+    if nnan > 0:
+        flag |= FLAG_NAN
+    if xc < -0.5 or yc < -0.5 or xc > nx - 0.5 or yc > ny - 0.5:
+        flag |= FLAG_OFFCHIP
+    elif lab_s > 0:
+        for j in range(n):
+            for i in range(n):
+                if comp[s, j, i] and (ox + i == 0 or oy + j == 0 or ox + i == nx - 1 or oy + j == ny - 1):
+                    flag |= FLAG_OFFCHIP
+    cent_out[s, C_XC] = xc
+    cent_out[s, C_YC] = yc
+    cent_out[s, C_XW] = xw
+    cent_out[s, C_YW] = yw
+    cent_out[s, C_PX] = pxk
+    cent_out[s, C_PY] = pyk
+    cent_out[s, C_PV] = pv
+    cent_out[s, C_NABOVE] = na
+    cent_out[s, C_N3] = n3
+    cent_out[s, C_N5] = n5
+    cent_out[s, C_N10] = n10
+    cflag[s] = flag
+
+
+@numba.njit(cache=True)
+def _photometry_star(sci, err, msk, excl, ox, oy, s, frame_flag, ipar, fpar, radii, cent_out, buf,
+                     sums, area, var, nbad, nsatp, nnanp, noutp, phot_out, pflag):
+    """Sky annulus and aperture sums of star ``s`` around its centroid on a window (origin ``ox, oy``)."""
+    nap = radii.shape[0]
+    xc = cent_out[s, C_XC]
+    yc = cent_out[s, C_YC]
+    nsky, nan_ann = annulus_values(sci, msk, excl, ox, oy, xc, yc, fpar[FP_RIN], fpar[FP_ROUT], buf)
+    sky, med, sky_sd, nused = clipped_stats(buf, nsky, fpar[FP_SKYCLIP], ipar[IP_SKYITERS])
+    aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, sums, area, var, nbad, nsatp, nnanp, noutp)
+    for k in range(nap):
+        flag = frame_flag
+        if noutp[k] > 0:
+            flag |= FLAG_OFFCHIP
+        if nsatp[k] > 0:
+            flag |= FLAG_SATURATED
+        if nbad[k] > 0:
+            flag |= FLAG_BADPIX
+        if nnanp[k] > 0 or nan_ann > 0:
+            flag |= FLAG_NAN
+        if ipar[IP_SKYSUPP]:
+            flux = sums[k]
+            fvar = var[k]
+        elif nused > 0:
+            flux = sums[k] - sky * area[k]
+            fvar = var[k] + area[k] * area[k] * sky_sd * sky_sd / nused
+        else:
+            flux = np.nan
+            fvar = np.nan
+        if nnanp[k] > 0 or area[k] <= 0.0:
+            flux = np.nan
+            fvar = np.nan
+        phot_out[k, s, P_FLUX] = flux
+        phot_out[k, s, P_FLUXERR] = math.sqrt(fvar) if fvar >= 0.0 else np.nan
+        phot_out[k, s, P_SKY] = 0.0 if ipar[IP_SKYSUPP] else sky
+        phot_out[k, s, P_SKYERR] = sky_sd
+        phot_out[k, s, P_NBAD] = nbad[k]
+        phot_out[k, s, P_NSKY] = nused
+        phot_out[k, s, P_AREA] = area[k]
+        pflag[k, s] = flag
+
+
+# Centroid shift (px, from the predicted position's pixel) up to which the photometry of a star
+# reuses the window calibrated for its stamp (else a window is calibrated around the centroid).
+SHARE_MARGIN = 2
+
+
 @numba.njit(nogil=True, cache=True)
 def measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
                   ref_x, ref_y, ipar, fpar, radii, state,
@@ -363,28 +476,106 @@ def measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
         Centroid stamps (written when ``ipar[IP_STAMPS]``) and their origins (x, y).
     comp : (n_stars, 2b+1, 2b+1) uint8
         Work array: centroid component of each star.
+
+    Notes
+    -----
+    Without ``mask_centroid_pixels`` each star is done at once: one window, centred on the
+    predicted position, is calibrated for both its stamp and its photometry (a disc reaching
+    the annulus for a centroid up to ``SHARE_MARGIN`` px away, and the stamp's square), so
+    the stamp's pixels are calibrated once. With it, every star's centroid component must be
+    known before any sky is measured: stamps first, then a window around each centroid.
+    Either way the pixel values are the same (:func:`fill_window`), and so are the results.
     """
     if mode == MODE_RAW:
         ny, nx = raw.shape
     else:
         ny, nx = sci_f.shape
     b = ipar[IP_BOXSIZE]
-    nlimit = ipar[IP_NLIMIT]
-    refine = ipar[IP_REFINE] != 0
     mask_cpix = ipar[IP_MASKCPIX] != 0
-    clip = fpar[FP_CLIP]
-    sky_sigma = fpar[FP_SKYSIGMA]
     n_stars = ref_x.shape[0]
     nap = radii.shape[0]
     dx = state[0]
     dy = state[1]
     frame_flag = np.int32(state[2])
-
-    # Per-star centroids on stamps at the rigidly shifted positions.
     n = 2 * b + 1
-    sci = np.empty((n, n))
-    msk = np.empty((n, n), np.uint8)
     labels = np.zeros((n, n), np.int64)
+
+    # Photometry window around a centroid (half-width `half`).
+    r_out = fpar[FP_ROUT]
+    rmax = radii.max()
+    half = int(math.ceil(max(r_out, rmax))) + 1
+    m = 2 * half + 1
+    # aperture_sums reads err within floor(xc +- rmax + 0.5) only: a square of half-width
+    # ceil(rmax) + 1 around round(xc) holds it.
+    ce = int(math.ceil(rmax)) + 1
+    e0 = max(half - ce, 0)
+    e1 = min(half + ce + 1, m)
+    # A pixel centre within r_out of the centroid lies within r_out + sqrt(0.5) of the centre
+    # pixel round(xc), round(yc); mask_centroid_pixels reads the same annulus pixels.
+    rlim = r_out + 1.0
+    # Shared window (stamp + photometry) around the predicted position's pixel: everything
+    # above grown by SHARE_MARGIN, and a disc holding the stamp's square.
+    M = SHARE_MARGIN
+    half_s = max(half + M, b)
+    m_s = 2 * half_s + 1
+    e0_s = max(half_s - ce - M, 0)
+    e1_s = min(half_s + ce + 1 + M, m_s)
+    rlim_s = max(rlim + M, b * math.sqrt(2.0) + 0.01)
+    wsize = max(m, m_s)
+    sci_w = np.empty((wsize, wsize))
+    err_w = np.empty((wsize, wsize))
+    msk_w = np.empty((wsize, wsize), np.uint8)
+    excl = np.zeros((wsize, wsize), np.bool_)
+    buf = np.empty(wsize * wsize)
+    sums = np.empty(nap)
+    area = np.empty(nap)
+    var = np.empty(nap)
+    nbad = np.empty(nap, np.int64)
+    nsatp = np.empty(nap, np.int64)
+    nnanp = np.empty(nap, np.int64)
+    noutp = np.empty(nap, np.int64)
+    sci_p = sci_w[:m, :m]
+    err_p = err_w[:m, :m]
+    msk_p = msk_w[:m, :m]
+    excl_p = excl[:m, :m]
+
+    if not mask_cpix:
+        sci_s = sci_w[:m_s, :m_s]
+        err_s = err_w[:m_s, :m_s]
+        msk_s = msk_w[:m_s, :m_s]
+        excl_s = excl[:m_s, :m_s]
+        j0 = half_s - b
+        for s in range(n_stars):
+            px = ref_x[s] + dx
+            py = ref_y[s] + dy
+            cx = int(round(px))
+            cy = int(round(py))
+            ox = cx - b
+            oy = cy - b
+            stamp_org[s, 0] = ox
+            stamp_org[s, 1] = oy
+            fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f,
+                        cx - half_s, cy - half_s, sci_s, err_s, msk_s, e0_s, e1_s, rlim_s)
+            _centroid_star(sci_s[j0:j0 + n, j0:j0 + n], msk_s[j0:j0 + n, j0:j0 + n], ox, oy, px, py, s,
+                           nx, ny, frame_flag, ipar, fpar, labels, cent_out, cflag, stamps, comp)
+            xc = cent_out[s, C_XC]
+            yc = cent_out[s, C_YC]
+            if math.hypot(round(xc) - cx, round(yc) - cy) <= M:
+                _photometry_star(sci_s, err_s, msk_s, excl_s, cx - half_s, cy - half_s, s, frame_flag, ipar,
+                                 fpar, radii, cent_out, buf, sums, area, var, nbad, nsatp, nnanp, noutp,
+                                 phot_out, pflag)
+            else:
+                ox = int(round(xc)) - half
+                oy = int(round(yc)) - half
+                fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f, ox, oy,
+                            sci_p, err_p, msk_p, e0, e1, rlim)
+                _photometry_star(sci_p, err_p, msk_p, excl_p, ox, oy, s, frame_flag, ipar, fpar, radii,
+                                 cent_out, buf, sums, area, var, nbad, nsatp, nnanp, noutp, phot_out, pflag)
+        return
+
+    # mask_centroid_pixels: all stamps first.
+    sci_c = sci_w[:n, :n]
+    msk_c = msk_w[:n, :n]
     for s in range(n_stars):
         px = ref_x[s] + dx
         py = ref_y[s] + dy
@@ -393,141 +584,29 @@ def measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
         stamp_org[s, 0] = ox
         stamp_org[s, 1] = oy
         fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f, ox, oy,
-                    sci, sci, msk, 0, 0, 0.0)
-        if ipar[IP_STAMPS]:
-            for j in range(n):
-                for i in range(n):
-                    stamps[s, j, i] = np.float32(sci[j, i])
-        flag = frame_flag
-        sky, sd = stamp_sky(sci, msk, clip, nlimit)
-        pxk, pyk, pv, na, n3, n5, n10, nnan, nout = stamp_diagnostics(sci, msk, ox, oy, sky, sd,
-                                                                      fpar[FP_FLUXABOVE])
-        labels[:, :] = 0
-        lab_s = 0
-        ccx = np.nan
-        ccy = np.nan
-        xw = np.nan
-        yw = np.nan
-        nsat = 0
-        if not math.isnan(sky):
-            lab_s, ccx, ccy, xw, yw, npix, tch, nsat = find_component(sci, msk, ox, oy, px, py, sky, sd,
-                                                                      sky_sigma, CHOOSE_CENTRAL, labels)
-        xc = px
-        yc = py
-        if lab_s > 0 and refine:
-            xc = ccx
-            yc = ccy
-            ok, rx, ry = windowed_centroid(sci, msk, ox, oy, ccx, ccy, sky, refine_sigma(xw, yw),
-                                           50, float(b))
-            if ok:
-                xc = rx
-                yc = ry
-        for j in range(n):
-            for i in range(n):
-                comp[s, j, i] = 1 if (lab_s > 0 and labels[j, i] == lab_s) else 0
-        if nsat > 0:
-            flag |= FLAG_SATURATED
-        if nnan > 0:
-            flag |= FLAG_NAN
-        if xc < -0.5 or yc < -0.5 or xc > nx - 0.5 or yc > ny - 0.5:
-            flag |= FLAG_OFFCHIP
-        elif lab_s > 0:
-            for j in range(n):
-                for i in range(n):
-                    if comp[s, j, i] and (ox + i == 0 or oy + j == 0 or ox + i == nx - 1 or oy + j == ny - 1):
-                        flag |= FLAG_OFFCHIP
-        cent_out[s, C_XC] = xc
-        cent_out[s, C_YC] = yc
-        cent_out[s, C_XW] = xw
-        cent_out[s, C_YW] = yw
-        cent_out[s, C_PX] = pxk
-        cent_out[s, C_PY] = pyk
-        cent_out[s, C_PV] = pv
-        cent_out[s, C_NABOVE] = na
-        cent_out[s, C_N3] = n3
-        cent_out[s, C_N5] = n5
-        cent_out[s, C_N10] = n10
-        cflag[s] = flag
-
-    # Photometry around the final centroids.
-    r_in = fpar[FP_RIN]
-    r_out = fpar[FP_ROUT]
-    rmax = radii.max()
-    half = int(math.ceil(max(r_out, rmax))) + 1
-    m = 2 * half + 1
-    # aperture_sums reads err within floor(xc +- rmax + 0.5) only: a square of half-width
-    # ceil(rmax) + 1 around round(xc) holds it.
-    e0 = max(half - int(math.ceil(rmax)) - 1, 0)
-    e1 = min(half + int(math.ceil(rmax)) + 2, m)
-    # A pixel centre within r_out of the centroid lies within r_out + sqrt(0.5) of the centre
-    # pixel round(xc), round(yc); mask_centroid_pixels reads the same annulus pixels.
-    rlim = r_out + 1.0
-    sci = np.empty((m, m))
-    err = np.empty((m, m))
-    msk = np.empty((m, m), np.uint8)
-    excl = np.zeros((m, m), np.bool_)
-    buf = np.empty(m * m)
-    sums = np.empty(nap)
-    area = np.empty(nap)
-    var = np.empty(nap)
-    nbad = np.empty(nap, np.int64)
-    nsatp = np.empty(nap, np.int64)
-    nnanp = np.empty(nap, np.int64)
-    noutp = np.empty(nap, np.int64)
+                    sci_c, sci_c, msk_c, 0, 0, 0.0)
+        _centroid_star(sci_c, msk_c, ox, oy, px, py, s, nx, ny, frame_flag, ipar, fpar, labels,
+                       cent_out, cflag, stamps, comp)
     for s in range(n_stars):
-        xc = cent_out[s, C_XC]
-        yc = cent_out[s, C_YC]
-        ox = int(round(xc)) - half
-        oy = int(round(yc)) - half
+        ox = int(round(cent_out[s, C_XC])) - half
+        oy = int(round(cent_out[s, C_YC])) - half
         fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f, ox, oy,
-                    sci, err, msk, e0, e1, rlim)
-        if mask_cpix:
-            # Pixels of any star's centroid component are left out of this star's sky.
-            excl[:, :] = False
-            for t in range(n_stars):
-                tox = stamp_org[t, 0]
-                toy = stamp_org[t, 1]
-                for j in range(n):
-                    yy = toy + j - oy
-                    if yy < 0 or yy >= m:
-                        continue
-                    for i in range(n):
-                        xx = tox + i - ox
-                        if 0 <= xx < m and comp[t, j, i]:
-                            excl[yy, xx] = True
-        nsky, nan_ann = annulus_values(sci, msk, excl, ox, oy, xc, yc, r_in, r_out, buf)
-        sky, med, sky_sd, nused = clipped_stats(buf, nsky, fpar[FP_SKYCLIP], ipar[IP_SKYITERS])
-        aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, sums, area, var, nbad, nsatp, nnanp, noutp)
-        for k in range(nap):
-            flag = frame_flag
-            if noutp[k] > 0:
-                flag |= FLAG_OFFCHIP
-            if nsatp[k] > 0:
-                flag |= FLAG_SATURATED
-            if nbad[k] > 0:
-                flag |= FLAG_BADPIX
-            if nnanp[k] > 0 or nan_ann > 0:
-                flag |= FLAG_NAN
-            if ipar[IP_SKYSUPP]:
-                flux = sums[k]
-                fvar = var[k]
-            elif nused > 0:
-                flux = sums[k] - sky * area[k]
-                fvar = var[k] + area[k] * area[k] * sky_sd * sky_sd / nused
-            else:
-                flux = np.nan
-                fvar = np.nan
-            if nnanp[k] > 0 or area[k] <= 0.0:
-                flux = np.nan
-                fvar = np.nan
-            phot_out[k, s, P_FLUX] = flux
-            phot_out[k, s, P_FLUXERR] = math.sqrt(fvar) if fvar >= 0.0 else np.nan
-            phot_out[k, s, P_SKY] = 0.0 if ipar[IP_SKYSUPP] else sky
-            phot_out[k, s, P_SKYERR] = sky_sd
-            phot_out[k, s, P_NBAD] = nbad[k]
-            phot_out[k, s, P_NSKY] = nused
-            phot_out[k, s, P_AREA] = area[k]
-            pflag[k, s] = flag
+                    sci_p, err_p, msk_p, e0, e1, rlim)
+        # Pixels of any star's centroid component are left out of this star's sky.
+        excl_p[:, :] = False
+        for t in range(n_stars):
+            tox = stamp_org[t, 0]
+            toy = stamp_org[t, 1]
+            for j in range(n):
+                yy = toy + j - oy
+                if yy < 0 or yy >= m:
+                    continue
+                for i in range(n):
+                    xx = tox + i - ox
+                    if 0 <= xx < m and comp[t, j, i]:
+                        excl_p[yy, xx] = True
+        _photometry_star(sci_p, err_p, msk_p, excl_p, ox, oy, s, frame_flag, ipar, fpar, radii,
+                         cent_out, buf, sums, area, var, nbad, nsatp, nnanp, noutp, phot_out, pflag)
 
 
 @numba.njit(nogil=True, cache=True)

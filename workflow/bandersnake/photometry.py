@@ -55,7 +55,7 @@ from . import kernel as K
 from . import timing
 from .errors import FrameError
 from .fitsio import atomic_path, write_fits
-from .reduce import (Calibration, calibrate_frame, load_calibration, prefetch, read_raw, reduced_name,
+from .reduce import (BufferPool, Calibration, calibrate_frame, load_calibration, prefetch, read_raw, reduced_name,
                      write_calibrated, header_fields)
 from .targets import TargetEntry
 
@@ -244,14 +244,22 @@ class _Measurer:
         self.pending = deque()
         self.count = 0
 
-    def submit(self, k, fargs):
+    def submit(self, k, fargs, done=None):
+        """Measure frame ``k``; then call ``done()`` (e.g. to recycle the frame's buffer)."""
         self.count += 1
         if self.pool is None or self.count % self.threads == 0:
             self.runner.measure(k, fargs)
+            if done is not None:
+                done()
             return
-        self.pending.append(self.pool.submit(self.runner.measure, k, fargs))
+        self.pending.append(self.pool.submit(self._measure, k, fargs, done))
         while len(self.pending) > 2 * (self.threads - 1):
             self.pending.popleft().result()
+
+    def _measure(self, k, fargs, done):
+        self.runner.measure(k, fargs)
+        if done is not None:
+            done()
 
     def close(self):
         try:
@@ -321,9 +329,11 @@ def run_streaming(science_paths, masters, instrument, night_settings, target_ent
     if save_reduced_dir is not None:
         Path(save_reduced_dir).mkdir(parents=True, exist_ok=True)
 
+    buffers = BufferPool()
+
     def load(path):
         try:
-            return read_raw(path, instrument, cal.shape)
+            return read_raw(path, instrument, cal.shape, buffers)
         except FrameError as err:
             return err
 
@@ -341,9 +351,10 @@ def run_streaming(science_paths, masters, instrument, night_settings, target_ent
                 fargs = runner.frame_args(K.MODE_RAW, raw=item.raw, code=item.code, offset=item.offset,
                                           exptime=item.exptime)
                 runner.track(k, fargs)
-                measurer.submit(k, fargs)
+                measurer.submit(k, fargs, done=item.release)
             else:
                 sci, err, msk = calibrate_frame(item, cal)
+                item.release()
                 runner.run(k, K.MODE_REDUCED, sci=sci, err=err, msk=msk, exptime=item.exptime)
                 # Written only after the kernel is done: astropy byte-swaps arrays in place while writing.
                 dest = Path(save_reduced_dir) / reduced_name(item.path)

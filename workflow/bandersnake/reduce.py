@@ -15,6 +15,8 @@ Calibrated frame (multi-extension FITS): primary header = raw header + provenanc
 
 import logging
 import math
+import re
+import threading
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -182,7 +184,7 @@ def _read_master(path, expected_shape=None):
             fast = None
     if fast is None:
         return read_image(path, expected_shape=expected_shape, dtype=np.float32)
-    raw, code, header = fast
+    raw, code, header, _ = fast
     data = decode_raw(raw, code)
     if expected_shape is not None and tuple(data.shape) != tuple(expected_shape):
         raise FrameError(path, f"shape {data.shape} differs from expected {tuple(expected_shape)}")
@@ -191,33 +193,81 @@ def _read_master(path, expected_shape=None):
     return data, header
 
 
-@dataclass
 class RawFrame:
     """A raw science frame ready for the kernel.
 
     ``raw`` holds the pixels as the kernel reads them (``code``, see
     :func:`bandersnake.kernel.raw_value`): the file's big-endian 16-bit integers as they lie in
-    the data unit (``RAW_BE_U16``/``RAW_BE_I16``), or float32 ADU (``RAW_NATIVE``), trimmed;
-    ``data`` decodes the whole frame to float32 ADU (exact for 16-bit cameras) on demand.
-    ``offset`` is the overscan level (ADU) to subtract; times in JD (UTC) at mid-exposure;
-    angles in deg.
+    the data unit (``RAW_BE_U16``/``RAW_BE_I16``; for an uncompressed file, a read-only memory
+    map of it, so only the pages the kernel touches are read), or float32 ADU
+    (``RAW_NATIVE``), trimmed; ``data`` decodes the whole frame to float32 ADU (exact for
+    16-bit cameras) on demand. ``offset`` is the overscan level (ADU) to subtract; times in JD
+    (UTC) at mid-exposure; angles in deg. ``header`` is the ``astropy.io.fits.Header``, built on
+    first access from the header's cards (:class:`FastHeader`) when the file was read directly.
     """
 
-    path: str
-    raw: np.ndarray
-    offset: float
-    header: fits.Header
-    exptime: float
-    jd_mid: float
-    ra: float
-    dec: float
-    airmass: float
-    code: int = 0
+    __slots__ = ("path", "raw", "offset", "_header", "exptime", "jd_mid", "ra", "dec", "airmass", "code",
+                 "_buffer")
+
+    def __init__(self, path, raw, offset, header, exptime, jd_mid, ra, dec, airmass, code=0):
+        self.path = path
+        self.raw = raw
+        self.offset = offset
+        self._header = header
+        self.exptime = exptime
+        self.jd_mid = jd_mid
+        self.ra = ra
+        self.dec = dec
+        self.airmass = airmass
+        self.code = code
+        self._buffer = None
+
+    def release(self):
+        """Give the pixel buffer back to its :class:`BufferPool` (``raw`` is then unusable)."""
+        if self._buffer is not None:
+            pool, buf = self._buffer
+            self._buffer = None
+            self.raw = None
+            pool.give(buf)
+
+    @property
+    def header(self):
+        """The primary header (``astropy.io.fits.Header``)."""
+        if isinstance(self._header, FastHeader):
+            self._header = self._header.full()
+        return self._header
 
     @property
     def data(self):
         """The frame as float32 ADU (decoded from ``raw``; a view when ``raw`` is float32)."""
         return decode_raw(self.raw, self.code)
+
+
+class BufferPool:
+    """Byte buffers recycled from frame to frame (thread-safe).
+
+    A fresh 2 MB array costs a page fault per 4 kB page at its first write (~5 us each on a
+    VM: ~1 ms per frame); a recycled one is already mapped. At most ``keep`` buffers are kept.
+    """
+
+    def __init__(self, keep=16):
+        self.keep = keep
+        self._free = []
+        self._lock = threading.Lock()
+
+    def take(self, nbytes):
+        """A uint8 buffer of ``nbytes`` (recycled when one of that size is free)."""
+        with self._lock:
+            for k, buf in enumerate(self._free):
+                if buf.nbytes == nbytes:
+                    return self._free.pop(k)
+        return np.empty(nbytes, np.uint8)
+
+    def give(self, buf):
+        """Return a buffer taken from :meth:`take`."""
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buf)
 
 
 def decode_raw(raw, code):
@@ -246,11 +296,38 @@ def header_fields(header, instrument, path):
         raise FrameError(path, f"no usable exposure time in {key}") from None
     if not math.isfinite(exptime) or exptime < 0:
         raise FrameError(path, f"{key}={exptime} is not a valid exposure time")
-    jd = timing.jd_mid_utc(header, instrument, exptime)
+    jd = _jd_mid_utc(header, instrument, exptime)
     if not math.isfinite(jd):
         raise FrameError(path, "no usable observation date (DATE-OBS)")
     ra, dec = timing.header_coords(header, instrument)
     return exptime, jd, ra, dec, timing.header_airmass(header, instrument)
+
+
+_ISO_DATE = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d(?:\.\d*)?)")
+
+
+def _jd_mid_utc(header, instrument, exptime):
+    """:func:`bandersnake.timing.jd_mid_utc`, with a fast path for a plain ISO ``DATE-OBS``.
+
+    ``astropy.time.Time`` costs ~60 us per frame (as much as the kernel spends on a star);
+    ERFA's ``dtf2d``, which it uses for the same conversion (leap seconds included), ~6 us.
+    Any other form of date goes to :func:`bandersnake.timing.jd_mid_utc`.
+    """
+    import erfa
+
+    key = timing._kw(instrument, "date_obs", "DATE-OBS")
+    date = header.get(key)
+    m = _ISO_DATE.fullmatch(date.strip()) if isinstance(date, str) else None
+    if m is None:
+        return timing.jd_mid_utc(header, instrument, exptime)
+    try:
+        d1, d2 = erfa.dtf2d("UTC", int(m[1]), int(m[2]), int(m[3]), int(m[4]), int(m[5]), float(m[6]))
+    except (ValueError, erfa.ErfaError):
+        return timing.jd_mid_utc(header, instrument, exptime)
+    jd = float(d1 + d2)
+    if instrument.get("date_obs_is", "start") != "mid":
+        jd += 0.5 * float(exptime) / 86400.0
+    return jd
 
 
 def _as_float32(a):
@@ -263,35 +340,128 @@ _MAX_HEADER_BLOCKS = 200            # 576 000 bytes of header: beyond that, leav
 _UNCOMPRESSED = (".fits", ".fit", ".fts")
 
 
-def _card_value(card):
-    """Value of a fixed-format FITS card image (str), as int, float, bool or str; None if absent."""
-    if card[8:10] != "= ":
-        return None
-    text = card[10:].strip()
+class FastHeader(dict):
+    """The cards of a FITS header as ``{KEYWORD: value}`` (first occurrence), parsed without
+    astropy; :meth:`full` gives the ``astropy.io.fits.Header`` of the same bytes.
+
+    Values follow the fixed format: quoted strings (``''`` is a quote, trailing blanks
+    dropped), ``T``/``F``, integers, floats (``D`` exponents). A card this parser does not
+    understand (a string continued on ``CONTINUE`` cards, complex values...) is left out, and
+    looking it up, or any ``HIERARCH`` keyword, goes to the full header, so lookups always
+    give astropy's values. Keywords are case-insensitive, as in astropy.
+    """
+
+    def __init__(self, blob):
+        super().__init__()
+        self.blob = blob
+        self._full = None
+        self._unparsed = set()
+        text = blob.decode("ascii", "replace")
+        prev = None
+        for k in range(0, len(text), 80):
+            card = text[k:k + 80]
+            key = card[:8].rstrip()
+            if key == "END":
+                break
+            if key == "CONTINUE" and prev is not None:
+                self._unparsed.add(prev)
+                self.pop(prev, None)
+                continue
+            prev = None
+            if key == "HIERARCH":
+                self._unparsed.add("HIERARCH")
+                continue
+            if card[8:10] != "= " or key in self or key in self._unparsed:
+                continue
+            value = _parse_value(card[10:])
+            if value is _UNPARSED:
+                self._unparsed.add(key)
+            else:
+                self[key] = value
+                prev = key if isinstance(value, str) and value.endswith("&") else None
+
+    def full(self):
+        """The header as ``astropy.io.fits.Header`` (parsed once)."""
+        if self._full is None:
+            self._full = fits.Header.fromstring(self.blob.decode("ascii"))
+        return self._full
+
+    def _fallback(self, key):
+        return key in self._unparsed or "HIERARCH" in self._unparsed or key.startswith("HIERARCH")
+
+    def get(self, key, default=None):
+        key = key.upper()
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        return self.full().get(key, default) if self._fallback(key) else default
+
+    def __getitem__(self, key):
+        key = key.upper()
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        if self._fallback(key):
+            return self.full()[key]
+        raise KeyError(key)
+
+    def __contains__(self, key):
+        key = key.upper()
+        return dict.__contains__(self, key) or (self._fallback(key) and key in self.full())
+
+
+_UNPARSED = object()
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?")
+
+
+def _parse_value(field):
+    """Value of the part of a fixed-format card after ``= `` (str, bool, int, float, None for
+    an undefined value), or ``_UNPARSED``."""
+    text = field.lstrip()
     if text.startswith("'"):
-        return text[1:].split("'")[0]    # structural keywords are never strings with quotes
-    text = text.split("/")[0].strip()
-    if text in ("T", "F"):
-        return text == "T"
-    try:
+        out = []
+        k = 1
+        while True:
+            q = text.find("'", k)
+            if q < 0:
+                return _UNPARSED
+            out.append(text[k:q])
+            if text[q + 1:q + 2] == "'":       # '' is a quote inside the string
+                out.append("'")
+                k = q + 2
+                continue
+            rest = text[q + 1:].strip()
+            if rest and not rest.startswith("/"):
+                return _UNPARSED
+            return "".join(out).rstrip()
+    text = text.split("/", 1)[0].strip()
+    if text == "T":
+        return True
+    if text == "F":
+        return False
+    if text == "":
+        return None
+    if not _NUMBER.fullmatch(text):
+        return _UNPARSED
+    if text.lstrip("+-").isdigit():
         return int(text)
-    except ValueError:
-        try:
-            return float(text.replace("D", "E"))
-        except ValueError:
-            return None
+    return float(text.replace("D", "E").replace("d", "e"))
 
 
-def _read_primary_fast(path):
+def _read_primary_fast(path, buffers=None):
     """Read the primary image of an uncompressed FITS file without astropy's data layer.
 
-    The header blocks are read and scanned for the structural keywords; the data unit is read
-    with one ``readinto`` (no scaling, no copy, GIL released) into an array the kernel decodes
-    pixel by pixel (``RAW_BE_U16``/``RAW_BE_I16``), or byte-swapped to float32 for BITPIX -32.
+    The header blocks are read and parsed into a :class:`FastHeader` (astropy's header costs
+    ~30 us per frame, more with many cards); the data unit is read with one ``readinto`` (no
+    scaling, GIL released) into a buffer taken from ``buffers`` (a :class:`BufferPool`) when
+    given. 16-bit images stay as the file's big-endian integers, which the kernel decodes pixel
+    by pixel (``RAW_BE_U16``/``RAW_BE_I16``); BITPIX -32 is byte-swapped to float32.
+
+    (A memory map of the file reads only the pages the kernel touches, but on this VM a page
+    fault costs ~5 us and an unmap ~70 us: more than copying the whole 2 MB data unit.)
 
     Returns
     -------
-    (raw, code, header) or None
+    (raw, code, header, buffer) or None
+        ``buffer``: the pool's buffer ``raw`` lies in (give it back when done), or None.
         None when the file is not a plain 2-D primary image of a supported type (the caller
         then reads it with astropy, which also reports what is wrong with it).
 
@@ -303,57 +473,66 @@ def _read_primary_fast(path):
     from .kernel import RAW_BE_I16, RAW_BE_U16, RAW_NATIVE
 
     with open(path, "rb", buffering=0) as f:
-        blocks = []
-        cards = {}
-        for _ in range(_MAX_HEADER_BLOCKS):
-            block = f.read(_BLOCK)
-            if len(block) < _BLOCK:
+        head = f.read(_BLOCK)
+        if len(head) < _BLOCK:
+            return None
+        end = _end_card(head, 0)
+        while end < 0:      # the rest of a long header, four blocks at a time
+            if len(head) >= _MAX_HEADER_BLOCKS * _BLOCK:
                 return None
-            blocks.append(block)
-            end = False
-            for k in range(0, _BLOCK, 80):
-                key = block[k:k + 8].rstrip()
-                if key == b"END":
-                    end = True
-                    break
-                if key in (b"SIMPLE", b"BITPIX", b"NAXIS", b"NAXIS1", b"NAXIS2", b"BZERO", b"BSCALE",
-                           b"BLANK", b"ZIMAGE", b"GROUPS"):
-                    cards[key.decode()] = _card_value(block[k:k + 80].decode("ascii", "replace"))
-            if end:
-                break
-        else:
+            more = f.read(_BLOCK * 4)
+            if len(more) < _BLOCK:
+                return None
+            start = len(head)
+            head += more[:len(more) - len(more) % _BLOCK]
+            end = _end_card(head, start)
+        hdr_len = (end // _BLOCK + 1) * _BLOCK
+        try:
+            header = FastHeader(head[:hdr_len])
+        except ValueError:
             return None
-        if cards.get("SIMPLE") is not True or cards.get("NAXIS") != 2 or "BLANK" in cards \
-                or cards.get("ZIMAGE") or cards.get("GROUPS"):
+        if header.get("SIMPLE") is not True or header.get("NAXIS") != 2 or "BLANK" in header \
+                or header.get("ZIMAGE") or header.get("GROUPS"):
             return None
-        bitpix = cards.get("BITPIX")
-        nx, ny = cards.get("NAXIS1"), cards.get("NAXIS2")
-        bzero, bscale = cards.get("BZERO", 0), cards.get("BSCALE", 1)
+        bitpix = header.get("BITPIX")
+        nx, ny = header.get("NAXIS1"), header.get("NAXIS2")
+        bzero, bscale = header.get("BZERO", 0), header.get("BSCALE", 1)
         if not (isinstance(nx, int) and isinstance(ny, int) and nx > 0 and ny > 0) or bscale != 1:
             return None
         if bitpix == 16 and bzero in (0, 32768):
-            code, dtype = (RAW_BE_U16 if bzero == 32768 else RAW_BE_I16), np.uint16
+            code, dtype = (RAW_BE_U16 if bzero == 32768 else RAW_BE_I16), np.dtype(np.uint16)
         elif bitpix == -32 and bzero == 0:
             code, dtype = RAW_NATIVE, np.dtype(">f4")
         else:
             return None
-        try:
-            header = fits.Header.fromstring(b"".join(blocks).decode("ascii"))
-        except (UnicodeDecodeError, ValueError):
-            return None
-        raw = np.empty((ny, nx), dtype)
-        need = raw.nbytes
-        got = f.readinto(memoryview(raw).cast("B"))
+        need = nx * ny * dtype.itemsize
+        buf = buffers.take(need) if buffers is not None else np.empty(need, np.uint8)
+        f.seek(hdr_len)
+        got = f.readinto(memoryview(buf))
         while got is not None and 0 < got < need:     # short reads (pipes, network file systems)
-            more = f.readinto(memoryview(raw).cast("B")[got:])
+            more = f.readinto(memoryview(buf)[got:])
             if not more:
                 break
             got += more
     if got is None or got < need:
+        if buffers is not None:
+            buffers.give(buf)
         raise FrameError(path, f"unreadable FITS data (truncated: data unit has {got or 0} of {need} bytes)")
+    raw = buf.view(dtype).reshape(ny, nx)
     if code == RAW_NATIVE:
         raw = raw.astype(np.float32)
-    return raw, code, header
+        if buffers is not None:
+            buffers.give(buf)
+        buf = None
+    return raw, code, header, buf
+
+
+def _end_card(blob, start):
+    """Offset of the END card in header bytes (searched from card ``start``), or -1."""
+    for k in range(start, len(blob) - 79, 80):
+        if blob[k:k + 8].rstrip() == b"END":
+            return k
+    return -1
 
 
 def _read_astropy(path, instrument):
@@ -374,7 +553,7 @@ def _read_astropy(path, instrument):
     return data, header
 
 
-def read_raw(path, instrument, expected_shape=None):
+def read_raw(path, instrument, expected_shape=None, buffers=None):
     """Read a raw science frame for the kernel (which calibrates the pixels it needs).
 
     Uncompressed 16-bit (BZERO 0 or 32768) and float32 primary images are read directly
@@ -389,6 +568,9 @@ def read_raw(path, instrument, expected_shape=None):
         ``image_extension``, ``shape``, ``overscan_section``, ``trim_section``, keywords.
     expected_shape : tuple, optional
         Shape after trimming (the masters' shape).
+    buffers : BufferPool, optional
+        Where the data unit is read (directly read files only); call the frame's
+        :meth:`RawFrame.release` when done with its pixels.
 
     Returns
     -------
@@ -400,18 +582,18 @@ def read_raw(path, instrument, expected_shape=None):
         Unreadable/corrupt file, no 2-D image, wrong shape, no finite pixel, no exposure time
         or date.
     """
-    from .calib import parse_section
     from .kernel import RAW_NATIVE
 
     code = RAW_NATIVE
+    buf = None
     try:
         # Bytes from the staged copy in staged runs; errors keep naming the raw path.
         src = local_path(path)
         fast = None
         if str(path).lower().endswith(_UNCOMPRESSED) and instrument.get("image_extension", 0) in (0, None):
-            fast = _read_primary_fast(src)
+            fast = _read_primary_fast(src, buffers)
         if fast is not None:
-            data, code, header = fast
+            data, code, header, buf = fast
         else:
             data, header = _read_astropy(src, instrument)
     except FrameError as err:
@@ -420,6 +602,24 @@ def read_raw(path, instrument, expected_shape=None):
         raise FrameError(path, "file not found") from None
     except Exception as err:  # truncated / corrupt files surface as OSError, ValueError, zlib/gzip errors
         raise FrameError(path, f"unreadable FITS data ({type(err).__name__}: {err})") from None
+    try:
+        frame = _raw_frame(path, data, code, header, instrument, expected_shape)
+    except FrameError:
+        if buffers is not None and buf is not None:
+            buffers.give(buf)
+        raise
+    if buffers is not None and buf is not None:
+        if np.may_share_memory(frame.raw, buf):
+            frame._buffer = (buffers, buf)
+        else:                                           # trimmed: a copy was made
+            buffers.give(buf)
+    return frame
+
+
+def _raw_frame(path, data, code, header, instrument, expected_shape):
+    from .calib import parse_section
+    from .kernel import RAW_NATIVE
+
     if data is None or data.ndim != 2:
         raise FrameError(path, "no image data" if data is None else f"image is {data.ndim}-D, expected 2-D")
     raw_shape = instrument.get("shape")
