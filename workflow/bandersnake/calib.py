@@ -62,11 +62,23 @@ def parse_section(section):
     return slice(y1 - 1, y2), slice(x1 - 1, x2)
 
 
-def _check_inside(section, shape, what):
+def section_slices(section, shape, what):
+    """Slices of ``section`` (see :func:`parse_section`); ConfigError naming ``what`` when it
+    extends beyond a frame of ``shape`` (ny, nx)."""
     rows, cols = parse_section(section)
     if rows.stop > shape[0] or cols.stop > shape[1]:
         raise ConfigError(f"{what} {section!r} extends beyond the {shape[1]}x{shape[0]} (nx x ny) frame")
     return rows, cols
+
+
+def overscan_line_medians(region):
+    """Median of each line of an overscan region along its long axis (ADU), and that axis.
+
+    One median per row for a strip of columns, per column for a strip of rows: ccdproc's
+    ``subtract_overscan(median=True, overscan_axis=None)`` rule.
+    """
+    axis = 0 if region.shape[1] > region.shape[0] else 1
+    return np.median(region, axis=axis), axis
 
 
 def overscan_and_trim(data, instrument, model="constant"):
@@ -97,10 +109,8 @@ def overscan_and_trim(data, instrument, model="constant"):
     # float64 only while an overscan is subtracted (ccdproc-identical line medians).
     data = np.asarray(data, dtype=np.float64 if osec else np.float32)
     if osec:
-        rows, cols = _check_inside(osec, data.shape, "overscan_section")
-        region = data[rows, cols]
-        axis = 0 if region.shape[1] > region.shape[0] else 1  # ccdproc's overscan_axis=None rule
-        lines = np.median(region, axis=axis)
+        rows, cols = section_slices(osec, data.shape, "overscan_section")
+        lines, axis = overscan_line_medians(data[rows, cols])
         if model == "constant":
             data = data - lines.mean()
         elif model == "line":
@@ -110,7 +120,7 @@ def overscan_and_trim(data, instrument, model="constant"):
         else:
             raise ConfigError(f"overscan model {model!r} is not 'constant' or 'line'")
     if tsec:
-        rows, cols = _check_inside(tsec, data.shape, "trim_section")
+        rows, cols = section_slices(tsec, data.shape, "trim_section")
         data = data[rows, cols]
     return np.array(data, dtype=np.float32)
 
@@ -123,7 +133,7 @@ def calibrated_shape(instrument):
     tsec = instrument.get("trim_section")
     if not tsec:
         return tuple(shape)
-    rows, cols = _check_inside(tsec, tuple(shape), "trim_section")
+    rows, cols = section_slices(tsec, tuple(shape), "trim_section")
     return rows.stop - rows.start, cols.stop - cols.start
 
 

@@ -617,7 +617,7 @@ def read_raw(path, instrument, expected_shape=None, buffers=None):
 
 
 def _raw_frame(path, data, code, header, instrument, expected_shape):
-    from .calib import parse_section
+    from .calib import overscan_line_medians, section_slices
     from .kernel import RAW_NATIVE
 
     if data is None or data.ndim != 2:
@@ -631,14 +631,11 @@ def _raw_frame(path, data, code, header, instrument, expected_shape):
     offset = 0.0
     try:
         if instrument.get("overscan_section"):
-            rows, cols = parse_section(instrument["overscan_section"])
-            region = np.asarray(decode_raw(data[rows, cols], code), np.float64)
-            if region.size == 0:
-                raise ConfigError(f"overscan_section {instrument['overscan_section']} is outside the frame")
-            axis = 0 if region.shape[1] > region.shape[0] else 1
-            offset = float(np.median(region, axis=axis).mean())  # as calib.overscan_and_trim 'constant'
+            rows, cols = section_slices(instrument["overscan_section"], data.shape, "overscan_section")
+            lines, _ = overscan_line_medians(np.asarray(decode_raw(data[rows, cols], code), np.float64))
+            offset = float(lines.mean())  # as calib.overscan_and_trim's 'constant' model
         if instrument.get("trim_section"):
-            rows, cols = parse_section(instrument["trim_section"])
+            rows, cols = section_slices(instrument["trim_section"], data.shape, "trim_section")
             data = np.ascontiguousarray(data[rows, cols])
     except ConfigError as err:
         raise FrameError(path, str(err)) from None
