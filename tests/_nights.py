@@ -170,7 +170,7 @@ def _comparable_text(path, run_dir):
 
         table = Table.read(path, format="ascii.ecsv")
         table.remove_column("file_mtime_ns")
-        text = "\n".join(table.pformat_all())
+        text = "\n".join(table.pformat(max_lines=-1, max_width=-1))
     else:
         text = path.read_text()
     return text.replace(str(Path(run_dir).resolve()), "<RUN>")
