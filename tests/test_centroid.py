@@ -121,3 +121,47 @@ def test_mad_clip_stats_equals_sorting_reference():
         # (aperture.mean_std): equal to the sequential sums to ~1e-14 relative.
         got, ref = mad_clip_stats(v.copy(), 5.0, nlimit), reference(v, 5.0, nlimit)
         assert got == pytest.approx(ref, rel=1e-12, abs=1e-9), trial
+
+
+def _stamp_with_stars(stars, n=61, sky=100.0, noise=5.0, seed=3):
+    rng = np.random.default_rng(seed)
+    img = np.full((n, n), sky) + rng.normal(0, noise, (n, n))
+    for x, y, f in stars:
+        add_moffat(img, x, y, f)
+    return img
+
+
+def test_match_component_picks_the_reference_flux():
+    from bandersnake.centroid import match_component, stamp_sky
+
+    # Three stars: 5e4 (the reference star), 2.5e4 (half as bright) and 1.5e5 (3x brighter);
+    # a hot pixel; and a star cut by the stamp's border (same flux as the reference).
+    stars = [(20.3, 40.6, 5e4), (40.2, 15.7, 2.5e4), (45.0, 45.0, 1.5e5), (1.0, 10.0, 5e4)]
+    img = _stamp_with_stars(stars)
+    img[5, 30] += 3000.0
+    msk = np.zeros(img.shape, np.uint8)
+    sky, sd = stamp_sky(img, msk, 5.0, 5)
+    labels = np.zeros(img.shape, np.int64)
+    ox, oy = 100, 200
+    lab, cx, cy, flux, npix = match_component(img, msk, ox, oy, sky, sd, 5.0, 5e4, 60, 3.0, labels)
+    # The flux-weighted centroid of a thresholded Moffat at this SNR is within 0.05 px of truth.
+    assert lab > 0 and abs(cx - ox - 20.3) < 0.05 and abs(cy - oy - 40.6) < 0.05
+    # Flux above a 5-sigma threshold holds most of a Moffat(beta=3)'s flux: within 0.7..1.
+    assert 0.7 * 5e4 < flux < 5e4 and npix > 20
+    # A reference 3x brighter: the 1.5e5 star, not the brightest-but-one nor the cut one.
+    lab, cx, cy, flux, npix = match_component(img, msk, ox, oy, sky, sd, 5.0, 1.4e5, 60, 3.0, labels)
+    assert abs(cx - ox - 45.0) < 0.05
+    # A reference nothing in the stamp resembles (30x brighter than anything): no component.
+    lab, *_ = match_component(img, msk, ox, oy, sky, sd, 5.0, 5e7, 5000, 3.0, labels)
+    assert lab == 0
+
+
+def test_consistent_with_is_a_lower_bound():
+    from bandersnake.centroid import consistent_with
+
+    assert consistent_with(1e5, 100, 1e5, 100, 3.0)
+    assert consistent_with(1e6, 400, 1e5, 100, 3.0)            # brighter (clouds clearing): kept
+    assert consistent_with(0.34e5, 40, 1e5, 100, 3.0)           # thin clouds (XO-1 b: down to 0.43)
+    assert not consistent_with(0.3e5, 100, 1e5, 100, 3.0)       # 3.3x fainter
+    assert not consistent_with(1e5, 30, 1e5, 100, 3.0)          # a few pixels (cosmic ray)
+    assert not consistent_with(782.0, 1, 2.05e5, 119, 3.0)      # XO-1 b frame 20: the hot pixel

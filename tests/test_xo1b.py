@@ -53,6 +53,20 @@ def test_field_drift_followed(xo1):
     assert c["xc"][-1, 0] == pytest.approx(570.06, abs=1.0) and c["yc"][-1, 0] == pytest.approx(514.41, abs=1.0)
 
 
+def test_tracking_jump_caught_in_its_frame(xo1):
+    """The ~28 px jump (04:37 -> 04:43 UTC) is re-acquired in frame 20 itself; before the
+    tracker's consistency check a 1-px detector defect was tracked there until frame 26."""
+    with fits.open(xo1["base"] / "centroiding" / "centroids.fits") as hdul:
+        c = hdul[1].data
+        flags = np.array(c["flag"][:, 1])
+        files = [Path(f).name for f in c["File"]]
+    assert [files[k] for k in np.nonzero(flags & 64)[0]] == ["XO1-b_z_20250602_044325.fits.gz",
+                                                            "XO1-b_z_20250602_060016.fits.gz"]
+    assert not (flags & 1).any()
+    # DAOStarFinder on raw frame 20 puts the tracking star at (390.7, 263.1): 1 px tolerance.
+    assert c["xc"][20, 1] == pytest.approx(390.7, abs=1.0) and c["yc"][20, 1] == pytest.approx(263.1, abs=1.0)
+
+
 def test_ingress_visible(xo1):
     lc = xo1["lc"]
     ok = lc["frame_ok"].astype(bool)

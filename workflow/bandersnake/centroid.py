@@ -8,8 +8,9 @@ Method (per star, on a stamp of half-width ``boxsize`` in image coordinates):
    kept pixels (e-/px).
 2. Pixels at least ``sky_sigma * sd`` above the sky form 4-connected components.
 3. The tracking star uses the largest component (ties: the one whose centroid is closest to the
-   prediction); other stars use the central component (the one with a pixel closest to the
-   predicted position; ties: the larger).
+   prediction), checked against the star's recent flux and size by the kernel; after a jump, the
+   component most like the tracking star (:func:`match_component`). Other stars use the central
+   component (the one with a pixel closest to the predicted position; ties: the larger).
 4. Position = flux-weighted mean of the component pixels, weights ``value - sky``, in absolute
    pixel coordinates. bandersnatch took the unweighted mean of the indices of an
    ``int()``-truncated stamp and added it to the untruncated position, which is off by the
@@ -176,6 +177,30 @@ def label_components(above, labels):
 
 
 @numba.njit(cache=True)
+def detect_components(sci, msk, sky, sd, sky_sigma, labels):
+    """Label the 4-connected components of pixels at least ``sky_sigma * sd`` above ``sky``.
+
+    Pixels off the image (``MASK_OUTSIDE``) or NaN never belong to a component.
+
+    Returns
+    -------
+    n : int
+        Number of components; ``labels`` gets 1..n (0 = background).
+    """
+    h, w = sci.shape
+    above = np.zeros((h, w), np.bool_)
+    thr = sky + sky_sigma * sd
+    for j in range(h):
+        for i in range(w):
+            v = sci[j, i]
+            if msk[j, i] & MASK_OUTSIDE or math.isnan(v):
+                continue
+            if v >= thr and v > sky:
+                above[j, i] = True
+    return label_components(above, labels)
+
+
+@numba.njit(cache=True)
 def find_component(sci, msk, ox, oy, tx, ty, sky, sd, sky_sigma, choose, labels):
     """Detect, label and choose a star's component in a stamp.
 
@@ -212,16 +237,7 @@ def find_component(sci, msk, ox, oy, tx, ty, sky, sd, sky_sigma, choose, labels)
         Saturated pixels in the component.
     """
     h, w = sci.shape
-    above = np.zeros((h, w), np.bool_)
-    thr = sky + sky_sigma * sd
-    for j in range(h):
-        for i in range(w):
-            v = sci[j, i]
-            if msk[j, i] & MASK_OUTSIDE or math.isnan(v):
-                continue
-            if v >= thr and v > sky:
-                above[j, i] = True
-    nlab = label_components(above, labels)
+    nlab = detect_components(sci, msk, sky, sd, sky_sigma, labels)
     if nlab == 0:
         return 0, np.nan, np.nan, np.nan, np.nan, 0, False, 0
     cnt = np.zeros(nlab + 1, np.int64)
@@ -278,6 +294,94 @@ def find_component(sci, msk, ox, oy, tx, ty, sky, sd, sky_sigma, choose, labels)
             if msk[j, i] & MASK_SATURATED:
                 nsat += 1
     return best, cx, cy, math.sqrt(sxx / sw[best]), math.sqrt(syy / sw[best]), cnt[best], touches, nsat
+
+
+@numba.njit(cache=True)
+def component_flux(sci, labels, label, sky):
+    """Sum of ``value - sky`` (e-) over the pixels of component ``label`` (0 when label is 0)."""
+    if label == 0:
+        return 0.0
+    h, w = sci.shape
+    s = 0.0
+    for j in range(h):
+        for i in range(w):
+            if labels[j, i] == label:
+                s += sci[j, i] - sky
+    return s
+
+
+@numba.njit(cache=True)
+def consistent_with(flux, npix, ref_flux, ref_npix, factor):
+    """A component (flux e-, ``npix`` pixels) is not ``factor`` times fainter or smaller than a reference.
+
+    Only a lower bound: a star that brightens (clouds clearing) stays consistent, while a hot pixel,
+    a cosmic ray, a faint neighbour or noise (hundreds of times fainter, or a few pixels) is not.
+    """
+    return flux * factor >= ref_flux and npix * factor >= ref_npix
+
+
+@numba.njit(cache=True)
+def match_component(sci, msk, ox, oy, sky, sd, sky_sigma, ref_flux, ref_npix, factor, labels):
+    """The component of a stamp most like a reference star (the tracking star's recent median).
+
+    Candidates are the components that do not reach the stamp border and are consistent with the
+    reference (:func:`consistent_with`); the chosen one has the flux closest to ``ref_flux`` in
+    ratio (``|log(flux / ref_flux)|``), so a brighter or a fainter neighbour loses to the star.
+
+    Parameters
+    ----------
+    sci, msk, ox, oy, sky, sd, sky_sigma, labels
+        As :func:`find_component`.
+    ref_flux : float
+        Reference flux above the sky (e-).
+    ref_npix : float
+        Reference number of pixels of the component.
+    factor : float
+        Consistency factor (> 1).
+
+    Returns
+    -------
+    label : int
+        0 if no candidate.
+    cx, cy : float
+        Flux-weighted centroid (px), as :func:`find_component` computes it.
+    flux : float
+        Sum of ``value - sky`` over the component (e-).
+    npix : int
+    """
+    h, w = sci.shape
+    nlab = detect_components(sci, msk, sky, sd, sky_sigma, labels)
+    if nlab == 0:
+        return 0, np.nan, np.nan, 0.0, 0
+    cnt = np.zeros(nlab + 1, np.int64)
+    sw = np.zeros(nlab + 1)
+    swx = np.zeros(nlab + 1)
+    swy = np.zeros(nlab + 1)
+    edge = np.zeros(nlab + 1, np.bool_)
+    for j in range(h):
+        for i in range(w):
+            lab = labels[j, i]
+            if lab == 0:
+                continue
+            wt = sci[j, i] - sky
+            cnt[lab] += 1
+            sw[lab] += wt
+            swx[lab] += wt * (ox + i)
+            swy[lab] += wt * (oy + j)
+            if i == 0 or j == 0 or i == w - 1 or j == h - 1:
+                edge[lab] = True
+    best = 0
+    best_d = np.inf
+    for lab in range(1, nlab + 1):
+        if edge[lab] or not sw[lab] > 0.0 or not consistent_with(sw[lab], cnt[lab], ref_flux, ref_npix, factor):
+            continue
+        d = abs(math.log(sw[lab] / ref_flux))
+        if d < best_d:
+            best = lab
+            best_d = d
+    if best == 0:
+        return 0, np.nan, np.nan, 0.0, 0
+    return best, swx[best] / sw[best], swy[best] / sw[best], sw[best], cnt[best]
 
 
 @numba.njit(cache=True)

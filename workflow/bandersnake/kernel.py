@@ -3,10 +3,14 @@
 A science frame goes through two calls (:func:`process_frame` makes both):
 
 1. :func:`track_frame` (tracking star, cheap, in frame order: it needs the previous frame's
-   offset). Tracking star: a stamp (half-width ``boxsize``) around its predicted position (reference
-   position + the previous frame's offset) is calibrated and centroided (largest component).
-   If no component is found, or it touches the stamp border, the search is widened to
-   ``reacquire_radius``. The star lost in both: bit 1 and the previous offset is kept.
+   offset and the tracking star's recent flux and size). Tracking star: a stamp (half-width
+   ``boxsize``) around its predicted position (reference position + the previous frame's offset)
+   is calibrated and centroided (largest component). The component is accepted if it is
+   consistent with the tracking star of the last frames (not touching the stamp border, not
+   ``tracking_consistency_factor`` times fainter or smaller than their median). If it is not
+   (a hot pixel, a faint neighbour, the star's wing after a jump), or it lies ``boxsize / 2`` px or more
+   from the prediction, the search is widened to ``reacquire_radius`` and the consistent
+   component closest in flux is taken. Nothing consistent: bit 1 and the previous offset is kept.
 2. :func:`measure_frame` (all stars, independent of other frames, so frames can be measured
    in parallel threads; the functions release the GIL). Every star: stamp at reference + offset, centroid on its central component,
    optional windowed refinement, stamp diagnostics.
@@ -41,8 +45,8 @@ from numba import prange
 
 from .aperture import (MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, aperture_sums, annulus_values,
                        clipped_stats)
-from .centroid import (CHOOSE_CENTRAL, CHOOSE_LARGEST, find_component, refine_sigma,
-                       stamp_diagnostics, stamp_sky, windowed_centroid)
+from .centroid import (CHOOSE_CENTRAL, CHOOSE_LARGEST, component_flux, consistent_with, find_component,
+                       match_component, refine_sigma, stamp_diagnostics, stamp_sky, windowed_centroid)
 
 MODE_RAW = 0
 MODE_REDUCED = 1
@@ -54,7 +58,8 @@ RAW_BE_I16 = 2      # big-endian 16-bit of BITPIX=16, BZERO=0, BSCALE=1 (signed)
 
 # Integer parameters (ipar) and float parameters (fpar) of process_frame.
 IP_BOXSIZE, IP_REACQ, IP_NLIMIT, IP_REFINE, IP_MASKCPIX, IP_STAMPS, IP_SKYITERS, IP_SKYSUPP = range(8)
-FP_CLIP, FP_SKYSIGMA, FP_FLUXABOVE, FP_RIN, FP_ROUT, FP_SKYCLIP, FP_JUMP = range(7)
+FP_CLIP, FP_SKYSIGMA, FP_FLUXABOVE, FP_RIN, FP_ROUT, FP_SKYCLIP, FP_JUMP, FP_TRACKF = range(8)
+N_FPAR = 8
 # Calibration scalars (cpar): overscan level (ADU), exposure (s), gain (e-/ADU), read noise**2
 # (e-**2), saturation (raw ADU).
 CP_OFFSET, CP_EXPTIME, CP_GAIN, CP_RN2, CP_SAT = range(5)
@@ -65,6 +70,17 @@ C_XC, C_YC, C_XW, C_YW, C_PX, C_PY, C_PV, C_NABOVE, C_N3, C_N5, C_N10 = range(11
 N_CENT = 11
 P_FLUX, P_FLUXERR, P_SKY, P_SKYERR, P_NBAD, P_NSKY, P_AREA = range(7)
 N_PHOT = 7
+
+# Entries of a frame's tracking state (out of track_frame): field offset (px), frame flag bits, and
+# what the tracker saw in the stamp at the prediction: component flux above the sky (e-, 0 if
+# none), its pixels, its distance from the prediction (px, NaN if none), and the reference it was
+# checked against (median of the last TRACK_HIST accepted frames; NaN before the first).
+(ST_DX, ST_DY, ST_FLAG, ST_FLUX, ST_NPIX, ST_DIST, ST_REF_FLUX, ST_REF_NPIX) = range(8)
+N_STATE = 8
+# Accepted tracking-star components remembered (flux e-, pixels) for the consistency check.
+TRACK_HIST = 5
+# Two centroids closer than this (px) are taken as the same component seen in two stamps.
+SAME_COMPONENT_PX = 2.0
 
 FLAG_LOST = 1
 FLAG_OFFCHIP = 2
@@ -269,8 +285,24 @@ def fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, ms
 
 @numba.njit(cache=True)
 def _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f,
-            tx, ty, half, clip, nlimit, sky_sigma):
-    """Centroid the largest component in a stamp of half-width ``half`` around (tx, ty)."""
+            tx, ty, half, clip, nlimit, sky_sigma, ref_flux, ref_npix, factor):
+    """Tracking-star component in a stamp of half-width ``half`` around (tx, ty).
+
+    With ``factor > 0`` the component most like the reference (:func:`match_component`: not
+    touching the border, consistent, closest flux), else the largest one.
+
+    Returns
+    -------
+    label : int
+        0 if none.
+    cx, cy : float
+        Centroid (px).
+    touches : bool
+        The component reaches the stamp border.
+    flux : float
+        Sum above the sky (e-).
+    npix : int
+    """
     n = 2 * half + 1
     ox = int(round(tx)) - half
     oy = int(round(ty)) - half
@@ -280,17 +312,63 @@ def _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f,
                 0.0)
     sky, sd = stamp_sky(sci, msk, clip, nlimit)
     if math.isnan(sky):
-        return 0, np.nan, np.nan, False
+        return 0, np.nan, np.nan, False, 0.0, 0
     labels = np.empty((n, n), np.int64)
+    if factor > 0.0:
+        lab, cx, cy, flux, npix = match_component(sci, msk, ox, oy, sky, sd, sky_sigma, ref_flux, ref_npix,
+                                                  factor, labels)
+        return lab, cx, cy, False, flux, npix
     lab, cx, cy, xw, yw, npix, touches, nsat = find_component(sci, msk, ox, oy, tx, ty, sky, sd,
                                                               sky_sigma, CHOOSE_LARGEST, labels)
-    return lab, cx, cy, touches
+    return lab, cx, cy, touches, component_flux(sci, labels, lab, sky), npix
+
+
+@numba.njit(cache=True)
+def track_reference(hist):
+    """Median flux (e-) and pixel count of the accepted components in ``hist`` (NaN, NaN if none).
+
+    ``hist`` : (TRACK_HIST, 2) float64, rows (flux, npix), NaN rows unused.
+    """
+    n = 0
+    f = np.empty(hist.shape[0])
+    p = np.empty(hist.shape[0])
+    for k in range(hist.shape[0]):
+        if not math.isnan(hist[k, 0]):
+            f[n] = hist[k, 0]
+            p[n] = hist[k, 1]
+            n += 1
+    if n == 0:
+        return np.nan, np.nan
+    return np.median(f[:n]), np.median(p[:n])
+
+
+@numba.njit(cache=True)
+def _remember(hist, flux, npix):
+    """Push an accepted component (flux e-, pixels) into ``hist``, dropping the oldest."""
+    m = hist.shape[0]
+    for k in range(m - 1):
+        hist[k, 0] = hist[k + 1, 0]
+        hist[k, 1] = hist[k + 1, 1]
+    hist[m - 1, 0] = flux
+    hist[m - 1, 1] = npix
 
 
 @numba.njit(nogil=True, cache=True)
 def track_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
-                ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, state):
+                ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, state, hist):
     """Offset of the field in one frame from its tracking star (step 1 of the module docstring).
+
+    The largest component of the stamp at the prediction is accepted when it is consistent
+    with the tracking star of the previous frames: it does not reach the stamp border and has
+    at least ``1 / fpar[FP_TRACKF]`` of the median flux and pixel count of the last
+    ``TRACK_HIST`` accepted components (``hist``). Otherwise (a hot pixel, a cosmic ray, a faint
+    neighbour or the star's wing where the star used to be), and also when it lies at least
+    ``fpar[FP_JUMP]`` px from the prediction (a jump: a neighbour may have landed there), the
+    search is widened to ``reacquire_radius`` and the component most like the reference is
+    taken (:func:`bandersnake.centroid.match_component`). Nothing consistent: the star is lost
+    (``FLAG_LOST``) and the previous offset kept, rather than a wrong position. Before the
+    first accepted frame, or with ``fpar[FP_TRACKF] <= 0``, no check is made: largest component,
+    widened search when there is none or it touches the border.
 
     Parameters
     ----------
@@ -313,38 +391,68 @@ def track_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, c
         Offset of the field found in the previous frame (px).
     ipar, fpar : 1-D int64 / float64
         Parameters, indices ``IP_*`` / ``FP_*``.
-    state : (3,) float64
-        Out: field offset dx, dy (px) and the frame flag bits.
+    state : (N_STATE,) float64
+        Out: entries ``ST_*``: field offset dx, dy (px), the frame flag bits, and what the
+        tracker saw in the stamp at the prediction (for the log).
+    hist : (TRACK_HIST, 2) float64
+        In/out: (flux e-, pixels) of the last accepted tracking-star components, NaN rows
+        unused (all NaN before the first frame); carried from frame to frame like the offset.
     """
     b = ipar[IP_BOXSIZE]
     reacq = ipar[IP_REACQ]
     nlimit = ipar[IP_NLIMIT]
     clip = fpar[FP_CLIP]
     sky_sigma = fpar[FP_SKYSIGMA]
+    factor = fpar[FP_TRACKF]
+    ref_flux, ref_npix = track_reference(hist)
+    checked = factor > 0.0 and not math.isnan(ref_flux)
     tx = ref_x[track] + prev_dx
     ty = ref_y[track] + prev_dy
-    lab, cx, cy, touches = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f,
-                                   tx, ty, b, clip, nlimit, sky_sigma)
+    lab, cx, cy, touches, flux, npix = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f,
+                                               msk_f, tx, ty, b, clip, nlimit, sky_sigma, 0.0, 0.0, 0.0)
+    state[ST_FLUX] = flux
+    state[ST_NPIX] = npix
+    state[ST_DIST] = math.hypot(cx - tx, cy - ty) if lab > 0 else np.nan
+    state[ST_REF_FLUX] = ref_flux
+    state[ST_REF_NPIX] = ref_npix
     frame_flag = 0
     widened = False
-    if (lab == 0 or touches) and reacq > b:
-        lab2, cx2, cy2, touches2 = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f,
-                                           msk_f, tx, ty, reacq, clip, nlimit, sky_sigma)
-        if lab2 > 0:
-            lab, cx, cy = lab2, cx2, cy2
-            widened = True
+    if not checked:
+        if (lab == 0 or touches) and reacq > b:
+            lab2, cx2, cy2, touches2, flux2, npix2 = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f,
+                                                             err_f, msk_f, tx, ty, reacq, clip, nlimit, sky_sigma,
+                                                             0.0, 0.0, 0.0)
+            if lab2 > 0:
+                lab, cx, cy, flux, npix = lab2, cx2, cy2, flux2, npix2
+                widened = True
+    else:
+        ok = lab > 0 and not touches and consistent_with(flux, npix, ref_flux, ref_npix, factor)
+        jump = lab > 0 and state[ST_DIST] >= fpar[FP_JUMP]
+        if (not ok or jump) and reacq > b:
+            lab2, cx2, cy2, touches2, flux2, npix2 = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f,
+                                                             err_f, msk_f, tx, ty, reacq, clip, nlimit, sky_sigma,
+                                                             ref_flux, ref_npix, factor)
+            # The widened stamp holds the narrow one: a consistent narrow component found
+            # again there keeps its narrow-stamp centroid.
+            if lab2 > 0 and not (ok and math.hypot(cx2 - cx, cy2 - cy) < SAME_COMPONENT_PX):
+                lab, cx, cy, flux, npix = lab2, cx2, cy2, flux2, npix2
+                widened = True
+                ok = True
+        if not ok:
+            lab = 0
     if lab > 0:
         dx = cx - ref_x[track]
         dy = cy - ref_y[track]
         if widened or math.hypot(cx - tx, cy - ty) >= fpar[FP_JUMP]:
             frame_flag |= FLAG_REACQUIRED
+        _remember(hist, flux, npix)
     else:
         dx = prev_dx
         dy = prev_dy
         frame_flag |= FLAG_LOST
-    state[0] = dx
-    state[1] = dy
-    state[2] = frame_flag
+    state[ST_DX] = dx
+    state[ST_DY] = dy
+    state[ST_FLAG] = frame_flag
 
 
 @numba.njit(cache=True)
@@ -468,8 +576,8 @@ def measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
         As :func:`track_frame`.
     radii : 1-D float64
         Aperture radii (px).
-    state : (3,) float64
-        Field offset dx, dy (px) and frame flag bits, from :func:`track_frame`.
+    state : (N_STATE,) float64
+        Field offset dx, dy (px) and frame flag bits (``ST_*``), from :func:`track_frame`.
     cent_out : (n_stars, N_CENT) float64, cflag : (n_stars,) int32
     phot_out : (n_ap, n_stars, N_PHOT) float64, pflag : (n_ap, n_stars) int32
     stamps : (n_stars, 2b+1, 2b+1) float32, stamp_org : (n_stars, 2) int64
@@ -494,9 +602,9 @@ def measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
     mask_cpix = ipar[IP_MASKCPIX] != 0
     n_stars = ref_x.shape[0]
     nap = radii.shape[0]
-    dx = state[0]
-    dy = state[1]
-    frame_flag = np.int32(state[2])
+    dx = state[ST_DX]
+    dy = state[ST_DY]
+    frame_flag = np.int32(state[ST_FLAG])
     n = 2 * b + 1
     labels = np.zeros((n, n), np.int64)
 
@@ -612,10 +720,10 @@ def measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
 @numba.njit(nogil=True, cache=True)
 def process_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
                   ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, radii,
-                  cent_out, cflag, phot_out, pflag, stamps, stamp_org, comp, state):
+                  cent_out, cflag, phot_out, pflag, stamps, stamp_org, comp, state, hist):
     """:func:`track_frame` then :func:`measure_frame` on one frame (arguments as theirs)."""
     track_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
-                ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, state)
+                ref_x, ref_y, track, prev_dx, prev_dy, ipar, fpar, state, hist)
     measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, cpar,
                   ref_x, ref_y, ipar, fpar, radii, state,
                   cent_out, cflag, phot_out, pflag, stamps, stamp_org, comp)

@@ -33,7 +33,8 @@ every star. A neighbour inside an annulus then no longer biases that star's sky.
 (bandersnatch documents "mask pixels used for centroiding in photometry" but only masked the
 saved poststamps, which changed nothing.)
 
-Flags (int32 per star): 1 tracking star lost (previous offset kept), 2 (partly) off the chip,
+Flags (int32 per star): 1 tracking star lost (no component consistent with the tracking star in
+the stamp nor in the widened search: previous offset kept), 2 (partly) off the chip,
 4 saturated pixel in the aperture (centroids: in the star's component), 8 bad pixel in the
 aperture, 16 NaN in the aperture or annulus (centroids: in the stamp), 32 frame unreadable
 (row of NaNs), 64 re-acquisition jump (tracking star moved >= boxsize/2 from its prediction or
@@ -79,6 +80,7 @@ class CoreSettings:
     mask_centroid_pixels: bool = False
     refine_each_star: bool = True
     reacquire_radius: int = 40
+    tracking_consistency_factor: float = 3.0
     save_poststamps: bool = False
     aper_min: int = 2
     aper_max: int = 12
@@ -117,7 +119,7 @@ class CoreSettings:
         return p
 
     def fpar(self):
-        p = np.zeros(7, np.float64)
+        p = np.zeros(K.N_FPAR, np.float64)
         p[K.FP_CLIP] = self.clip_centroid
         p[K.FP_SKYSIGMA] = self.sky_sigma
         p[K.FP_FLUXABOVE] = self.flux_above_value
@@ -125,6 +127,7 @@ class CoreSettings:
         p[K.FP_ROUT] = self.SKYRAD_outer
         p[K.FP_SKYCLIP] = self.sky_clip_sigma
         p[K.FP_JUMP] = self.jump_px if self.jump_px is not None else 0.5 * self.boxsize
+        p[K.FP_TRACKF] = self.tracking_consistency_factor
         return p
 
 
@@ -143,7 +146,7 @@ class _Results:
         self.cflag = np.zeros((n_frames, n_stars), np.int32)
         self.phot = np.full((n_frames, n_ap, n_stars, K.N_PHOT), np.nan)
         self.pflag = np.zeros((n_frames, n_ap, n_stars), np.int32)
-        self.state = np.full((n_frames, 3), np.nan)        # field offset dx, dy (px), frame flags
+        self.state = np.full((n_frames, K.N_STATE), np.nan)   # tracking: offset dx, dy (px), flags, ... (K.ST_*)
         n = 2 * box + 1
         self.stamps = np.full((n_frames, n_stars, n, n), np.nan, np.float32) if stamps else None
         self.stamp_org = np.zeros((n_frames, n_stars, 2), np.int64)
@@ -172,6 +175,7 @@ class _FrameRunner:
         self._n = 2 * st.boxsize + 1
         self._no_stamps = np.empty((ns, 1, 1), np.float32)
         self.prev = (0.0, 0.0)
+        self.hist = np.full((K.TRACK_HIST, 2), np.nan)     # last accepted tracking-star components
         self._d2f = np.zeros((1, 1), np.float32)
         self._d2u = np.zeros((1, 1), np.uint8)
 
@@ -207,8 +211,10 @@ class _FrameRunner:
         """Tracking star of frame ``k`` from the previous frame's offset (call in frame order)."""
         state = self.res.state[k]
         K.track_frame(*fargs, self.ref_x, self.ref_y, int(self.t.tracking_star), float(self.prev[0]),
-                      float(self.prev[1]), self.ipar, self.fpar, state)
-        self.prev = (state[0], state[1])
+                      float(self.prev[1]), self.ipar, self.fpar, state, self.hist)
+        self.prev = (state[K.ST_DX], state[K.ST_DY])
+        if int(state[K.ST_FLAG]) & (K.FLAG_LOST | K.FLAG_REACQUIRED):
+            log.info("frame %d %s: %s", k, Path(self.res.files[k]).name, tracking_note(state))
 
     def measure(self, k, fargs):
         """Centroids and photometry of frame ``k`` into the result rows (after :meth:`track`)."""
@@ -224,6 +230,21 @@ class _FrameRunner:
         fargs = self.frame_args(mode, raw, code, offset, exptime, sci, err, msk)
         self.track(k, fargs)
         self.measure(k, fargs)
+
+
+def tracking_note(state):
+    """What the tracker did and saw in one frame (``state``: a frame's ``K.ST_*`` entries), for the log."""
+    flag = int(state[K.ST_FLAG])
+    did = ("tracking star lost (previous offset kept)" if flag & K.FLAG_LOST else
+           f"tracking star re-acquired, field offset ({state[K.ST_DX]:.1f}, {state[K.ST_DY]:.1f}) px")
+    if state[K.ST_NPIX] > 0:
+        saw = (f"the stamp at the prediction held a component of {state[K.ST_FLUX]:.0f} e- in "
+               f"{int(state[K.ST_NPIX])} px, {state[K.ST_DIST]:.1f} px from the prediction")
+    else:
+        saw = "the stamp at the prediction held no component"
+    if np.isfinite(state[K.ST_REF_FLUX]):
+        saw += f" (tracking star, median of the last frames: {state[K.ST_REF_FLUX]:.0f} e- in {state[K.ST_REF_NPIX]:.0f} px)"
+    return f"{did}; {saw}"
 
 
 class _Measurer:
@@ -523,6 +544,7 @@ def _meta_cards(st, target, cal, path_name, coord_src, res, instrument):
         ("REFINE", bool(st.refine_each_star), "per-star windowed refinement"),
         ("MASKCPIX", bool(st.mask_centroid_pixels), "centroid pixels left out of sky annuli"),
         ("REACQRAD", st.reacquire_radius, "[px] widened search half-width"),
+        ("TRACKFAC", float(st.tracking_consistency_factor), "tracking star consistency factor"),
         ("SKYRIN", st.SKYRAD_inner, "[px] sky annulus inner radius"),
         ("SKYROUT", st.SKYRAD_outer, "[px] sky annulus outer radius"),
         ("SKYCLIP", st.sky_clip_sigma, "annulus sigma clip"),
