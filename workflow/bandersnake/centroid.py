@@ -201,6 +201,48 @@ def detect_components(sci, msk, sky, sd, sky_sigma, labels):
 
 
 @numba.njit(cache=True)
+def component_sums(sci, labels, nlab, ox, oy, sky, tx, ty):
+    """Per-component sums over a labelled stamp (origin ``ox, oy``), index = label (0 unused).
+
+    Returns
+    -------
+    cnt : int64 array
+        Pixels.
+    sw, swx, swy : float64 arrays
+        Sums of ``w = value - sky`` (e-), ``w * x`` and ``w * y`` (absolute px).
+    mind2 : float64 array
+        Smallest squared distance (px**2) of a pixel centre from ``(tx, ty)``.
+    edge : bool array
+        The component reaches the stamp border.
+    """
+    h, w = sci.shape
+    cnt = np.zeros(nlab + 1, np.int64)
+    sw = np.zeros(nlab + 1)
+    swx = np.zeros(nlab + 1)
+    swy = np.zeros(nlab + 1)
+    mind2 = np.full(nlab + 1, np.inf)
+    edge = np.zeros(nlab + 1, np.bool_)
+    for j in range(h):
+        for i in range(w):
+            lab = labels[j, i]
+            if lab == 0:
+                continue
+            x = ox + i
+            y = oy + j
+            wt = sci[j, i] - sky
+            cnt[lab] += 1
+            sw[lab] += wt
+            swx[lab] += wt * x
+            swy[lab] += wt * y
+            d2 = (x - tx) ** 2 + (y - ty) ** 2
+            if d2 < mind2[lab]:
+                mind2[lab] = d2
+            if i == 0 or j == 0 or i == w - 1 or j == h - 1:
+                edge[lab] = True
+    return cnt, sw, swx, swy, mind2, edge
+
+
+@numba.njit(cache=True)
 def find_component(sci, msk, ox, oy, tx, ty, sky, sd, sky_sigma, choose, labels):
     """Detect, label and choose a star's component in a stamp.
 
@@ -240,26 +282,7 @@ def find_component(sci, msk, ox, oy, tx, ty, sky, sd, sky_sigma, choose, labels)
     nlab = detect_components(sci, msk, sky, sd, sky_sigma, labels)
     if nlab == 0:
         return 0, np.nan, np.nan, np.nan, np.nan, 0, False, 0
-    cnt = np.zeros(nlab + 1, np.int64)
-    sw = np.zeros(nlab + 1)
-    swx = np.zeros(nlab + 1)
-    swy = np.zeros(nlab + 1)
-    mind2 = np.full(nlab + 1, np.inf)
-    for j in range(h):
-        for i in range(w):
-            lab = labels[j, i]
-            if lab == 0:
-                continue
-            x = ox + i
-            y = oy + j
-            wt = sci[j, i] - sky
-            cnt[lab] += 1
-            sw[lab] += wt
-            swx[lab] += wt * x
-            swy[lab] += wt * y
-            d2 = (x - tx) ** 2 + (y - ty) ** 2
-            if d2 < mind2[lab]:
-                mind2[lab] = d2
+    cnt, sw, swx, swy, mind2, edge = component_sums(sci, labels, nlab, ox, oy, sky, tx, ty)
     best = 0
     for lab in range(1, nlab + 1):
         if best == 0:
@@ -349,27 +372,10 @@ def match_component(sci, msk, ox, oy, sky, sd, sky_sigma, ref_flux, ref_npix, fa
         Sum of ``value - sky`` over the component (e-).
     npix : int
     """
-    h, w = sci.shape
     nlab = detect_components(sci, msk, sky, sd, sky_sigma, labels)
     if nlab == 0:
         return 0, np.nan, np.nan, 0.0, 0
-    cnt = np.zeros(nlab + 1, np.int64)
-    sw = np.zeros(nlab + 1)
-    swx = np.zeros(nlab + 1)
-    swy = np.zeros(nlab + 1)
-    edge = np.zeros(nlab + 1, np.bool_)
-    for j in range(h):
-        for i in range(w):
-            lab = labels[j, i]
-            if lab == 0:
-                continue
-            wt = sci[j, i] - sky
-            cnt[lab] += 1
-            sw[lab] += wt
-            swx[lab] += wt * (ox + i)
-            swy[lab] += wt * (oy + j)
-            if i == 0 or j == 0 or i == w - 1 or j == h - 1:
-                edge[lab] = True
+    cnt, sw, swx, swy, mind2, edge = component_sums(sci, labels, nlab, ox, oy, sky, ox, oy)
     best = 0
     best_d = np.inf
     for lab in range(1, nlab + 1):
