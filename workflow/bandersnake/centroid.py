@@ -303,7 +303,6 @@ def find_component(sci, msk, ox, oy, tx, ty, sky, sd, sky_sigma, choose, labels)
     cy = swy[best] / sw[best]
     sxx = 0.0
     syy = 0.0
-    touches = False
     nsat = 0
     for j in range(h):
         for i in range(w):
@@ -312,11 +311,9 @@ def find_component(sci, msk, ox, oy, tx, ty, sky, sd, sky_sigma, choose, labels)
             wt = sci[j, i] - sky
             sxx += wt * (ox + i - cx) ** 2
             syy += wt * (oy + j - cy) ** 2
-            if i == 0 or j == 0 or i == w - 1 or j == h - 1:
-                touches = True
             if msk[j, i] & MASK_SATURATED:
                 nsat += 1
-    return best, cx, cy, math.sqrt(sxx / sw[best]), math.sqrt(syy / sw[best]), cnt[best], touches, nsat
+    return best, cx, cy, math.sqrt(sxx / sw[best]), math.sqrt(syy / sw[best]), cnt[best], edge[best], nsat
 
 
 @numba.njit(cache=True)
