@@ -277,11 +277,13 @@ def find_component(sci, msk, ox, oy, tx, ty, sky, sd, sky_sigma, choose, labels)
         The component reaches the stamp border (star maybe cut by the stamp).
     nsat : int
         Saturated pixels in the component.
+    flux : float
+        Sum of ``value - sky`` over the component (e-), 0 if none.
     """
     h, w = sci.shape
     nlab = detect_components(sci, msk, sky, sd, sky_sigma, labels)
     if nlab == 0:
-        return 0, np.nan, np.nan, np.nan, np.nan, 0, False, 0
+        return 0, np.nan, np.nan, np.nan, np.nan, 0, False, 0, 0.0
     cnt, sw, swx, swy, mind2, edge = component_sums(sci, labels, nlab, ox, oy, sky, tx, ty)
     best = 0
     for lab in range(1, nlab + 1):
@@ -313,21 +315,8 @@ def find_component(sci, msk, ox, oy, tx, ty, sky, sd, sky_sigma, choose, labels)
             syy += wt * (oy + j - cy) ** 2
             if msk[j, i] & MASK_SATURATED:
                 nsat += 1
-    return best, cx, cy, math.sqrt(sxx / sw[best]), math.sqrt(syy / sw[best]), cnt[best], edge[best], nsat
-
-
-@numba.njit(cache=True)
-def component_flux(sci, labels, label, sky):
-    """Sum of ``value - sky`` (e-) over the pixels of component ``label`` (0 when label is 0)."""
-    if label == 0:
-        return 0.0
-    h, w = sci.shape
-    s = 0.0
-    for j in range(h):
-        for i in range(w):
-            if labels[j, i] == label:
-                s += sci[j, i] - sky
-    return s
+    return (best, cx, cy, math.sqrt(sxx / sw[best]), math.sqrt(syy / sw[best]), cnt[best], edge[best], nsat,
+            sw[best])
 
 
 @numba.njit(cache=True)
@@ -543,7 +532,7 @@ def centroid_stamp(image, x, y, boxsize=17, sky_sigma=5.0, clip=5.0, nlimit=5, c
     sky, sd = stamp_sky(sci, msk, clip, nlimit)
     labels = np.zeros((n, n), np.int64)
     mode = CHOOSE_LARGEST if choose == "largest" else CHOOSE_CENTRAL
-    lab, cx, cy, xw, yw, npix, touches, _ = find_component(sci, msk, ox, oy, float(x), float(y), sky, sd,
+    lab, cx, cy, xw, yw, npix, touches, _, _ = find_component(sci, msk, ox, oy, float(x), float(y), sky, sd,
                                                            sky_sigma, mode, labels)
     ok = lab > 0
     if ok and refine:

@@ -45,8 +45,8 @@ from numba import prange
 
 from .aperture import (MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, aperture_sums, annulus_values,
                        clipped_stats)
-from .centroid import (CHOOSE_CENTRAL, CHOOSE_LARGEST, component_flux, consistent_with, find_component,
-                       match_component, refine_sigma, stamp_diagnostics, stamp_sky, windowed_centroid)
+from .centroid import (CHOOSE_CENTRAL, CHOOSE_LARGEST, consistent_with, find_component, match_component,
+                       refine_sigma, stamp_diagnostics, stamp_sky, windowed_centroid)
 
 MODE_RAW = 0
 MODE_REDUCED = 1
@@ -318,9 +318,9 @@ def _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f,
         lab, cx, cy, flux, npix = match_component(sci, msk, ox, oy, sky, sd, sky_sigma, ref_flux, ref_npix,
                                                   factor, labels)
         return lab, cx, cy, False, flux, npix
-    lab, cx, cy, xw, yw, npix, touches, nsat = find_component(sci, msk, ox, oy, tx, ty, sky, sd,
-                                                              sky_sigma, CHOOSE_LARGEST, labels)
-    return lab, cx, cy, touches, component_flux(sci, labels, lab, sky), npix
+    lab, cx, cy, xw, yw, npix, touches, nsat, flux = find_component(sci, msk, ox, oy, tx, ty, sky, sd,
+                                                                    sky_sigma, CHOOSE_LARGEST, labels)
+    return lab, cx, cy, touches, flux, npix
 
 
 @numba.njit(cache=True)
@@ -417,29 +417,25 @@ def track_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask, c
     state[ST_REF_NPIX] = ref_npix
     frame_flag = 0
     widened = False
-    if not checked:
-        if (lab == 0 or touches) and reacq > b:
-            lab2, cx2, cy2, touches2, flux2, npix2 = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f,
-                                                             err_f, msk_f, tx, ty, reacq, clip, nlimit, sky_sigma,
-                                                             0.0, 0.0, 0.0)
-            if lab2 > 0:
-                lab, cx, cy, flux, npix = lab2, cx2, cy2, flux2, npix2
-                widened = True
-    else:
+    if checked:
         ok = lab > 0 and not touches and consistent_with(flux, npix, ref_flux, ref_npix, factor)
-        jump = lab > 0 and state[ST_DIST] >= fpar[FP_JUMP]
-        if (not ok or jump) and reacq > b:
-            lab2, cx2, cy2, touches2, flux2, npix2 = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f,
-                                                             err_f, msk_f, tx, ty, reacq, clip, nlimit, sky_sigma,
-                                                             ref_flux, ref_npix, factor)
-            # The widened stamp holds the narrow one: a consistent narrow component found
-            # again there keeps its narrow-stamp centroid.
-            if lab2 > 0 and not (ok and math.hypot(cx2 - cx, cy2 - cy) < SAME_COMPONENT_PX):
-                lab, cx, cy, flux, npix = lab2, cx2, cy2, flux2, npix2
-                widened = True
-                ok = True
-        if not ok:
-            lab = 0
+        widen = not ok or (lab > 0 and state[ST_DIST] >= fpar[FP_JUMP])
+    else:
+        ok = lab > 0            # unchecked: any component, widened only when none or cut by the border
+        widen = lab == 0 or touches
+    if widen and reacq > b:
+        lab2, cx2, cy2, touches2, flux2, npix2 = _search(mode, code, raw, bias, dark, flat, smask, cpar, sci_f,
+                                                         err_f, msk_f, tx, ty, reacq, clip, nlimit, sky_sigma,
+                                                         ref_flux, ref_npix, factor if checked else 0.0)
+        # The widened stamp holds the narrow one: a consistent narrow component found again
+        # there keeps its narrow-stamp centroid.
+        same = checked and ok and lab2 > 0 and math.hypot(cx2 - cx, cy2 - cy) < SAME_COMPONENT_PX
+        if lab2 > 0 and not same:
+            lab, cx, cy, flux, npix = lab2, cx2, cy2, flux2, npix2
+            widened = True
+            ok = True
+    if not ok:
+        lab = 0
     if lab > 0:
         dx = cx - ref_x[track]
         dy = cy - ref_y[track]
@@ -477,7 +473,7 @@ def _centroid_star(sci, msk, ox, oy, px, py, s, nx, ny, frame_flag, ipar, fpar, 
     yw = np.nan
     nsat = 0
     if not math.isnan(sky):
-        lab_s, ccx, ccy, xw, yw, npix, tch, nsat = find_component(sci, msk, ox, oy, px, py, sky, sd,
+        lab_s, ccx, ccy, xw, yw, npix, tch, nsat, _ = find_component(sci, msk, ox, oy, px, py, sky, sd,
                                                                   fpar[FP_SKYSIGMA], CHOOSE_CENTRAL, labels)
     xc = px
     yc = py
