@@ -3,12 +3,12 @@
 80 frames of 60 s in z, 2025-06-02 04:10-06:08 UTC, with clouds (transparency down to 0.6 at
 04:56-05:12 and 0.2 at the end) and a tracking jump (caught in its frame: tests/test_tracking.py).
 Star positions: tests/data/targets_xo1b.yaml; transit-fit settings: tests/data/nights_xo1b/.
-Figures of the reference run (best aperture 6 px, ensemble of 8 comparisons; 7 px is within 0.2 % in precision and gives the same picture): mean
-flux after BJD 2460828.72 is 0.96 % below the mean before 2460828.69; 10-min rolling precision
-4.2 ppt per frame; transit fit (window, b = 0.2 and limb darkening fixed) T0 = 2460828.7228 +-
-0.0051, T14 = 2.35 h, so ingress starts at BJD 2460828.674 (before the first frame, 2460828.679)
-and ends near 2460828.69; fitted depth 2.7 +- 2.4 % (published 2.3 %), poorly constrained without
-a baseline before ingress or after egress.
+Figures of the reference run (best aperture 6 px, ensemble of 8 comparisons; 7 px is within 0.2 % in
+precision and gives the same picture): mean flux after BJD 2460828.72 is 0.96 % below the mean
+before 2460828.69; 10-min rolling precision 4.2 ppt per frame; transit fit (window, b = 0.2 and limb
+darkening fixed) T0 = 2460828.7228 +- 0.0051, T14 = 2.35 h, so ingress starts at BJD 2460828.674
+(before the first frame, 2460828.679) and ends near 2460828.69; fitted depth 2.7 +- 2.4 % (published
+2.3 %), poorly constrained without a baseline before ingress or after egress.
 """
 
 from pathlib import Path
