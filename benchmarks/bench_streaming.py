@@ -214,7 +214,7 @@ def main(argv=None):
             ta = timed(lambda: floor_read(paths), args.repeats)
             # The night's fixed part (masters, apertures) once, the per-frame part scaled to n frames.
             tb_fixed = timed(lambda: photutils_path([], masters, pos), args.repeats)
-            tb_run = timed(lambda: photutils_path(paths[:nb], masters, pos), max(1, args.repeats // 2))
+            tb_run = timed(lambda: photutils_path(paths[:nb], masters, pos), args.repeats)
             tb = tb_fixed + (tb_run - tb_fixed) * n / nb
             with _StageTimer() as stages:
                 tc_runs = run_times(lambda: streaming(paths, masters, pos, shape, 1, folder / "c"), args.repeats)

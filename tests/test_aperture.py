@@ -111,7 +111,12 @@ def test_radix_sort_equals_numpy_sort():
     # Exact equality: sums over sorted values (sky statistics) must not change with the sort.
     from bandersnake.aperture import radix_sort
     rng = np.random.default_rng(4)
-    cases = [rng.normal(600, 30, 1250).astype(np.float32).astype(float),      # a sky annulus
+    star = rng.normal(600, 30, 1225)
+    star[:40] += rng.uniform(1e3, 1e5, 40)
+    cases = [rng.normal(600, 30, 1250).astype(np.float32).astype(float),      # a sky annulus (3 passes)
+             star.astype(np.float32).astype(float),                           # a stamp with its star
+             -star.astype(np.float32).astype(float),                          # negative values
+             rng.integers(-3, 3, 500).astype(np.float32).astype(float),       # float32-exact ties, +-0
              rng.normal(size=999) * 10.0 ** rng.uniform(-300, 300, 999),      # every exponent
              rng.integers(-3, 3, 500).astype(float),                          # many ties
              np.array([np.inf, -np.inf, 0.0, 5e-324, -5e-324, 1.0]), np.array([2.0]), np.array([])]
