@@ -24,20 +24,24 @@ def describe_master(path):
     return f"{Path(path).name}: " + ", ".join(parts)
 
 
-FLAG_NAMES = {1: "tracking lost", 2: "off chip", 4: "saturated", 8: "bad pixel", 16: "NaN",
-              32: "corrupt frame", 64: "re-acquired"}
-
-
 def describe_table(path):
-    """Rows of a centroid or photometry table and, per flag bit, the stars flagged in how many frames."""
+    """Rows of a centroid or photometry table and, per flag bit, how many frames it flags: frame-wide
+    bits (tracking lost, corrupt frame, re-acquired) as a count of frames, the others per star."""
+    from .analysis.io import FLAG_NAMES, FRAME_BITS
+
     table = Table.read(path)
     line = f"{Path(path).name}: {len(table)} frames"
     if "flag" in table.colnames and len(table):
-        flags = np.atleast_2d(np.asarray(table["flag"]).T).T
+        flags = np.asarray(table["flag"]).reshape(len(table), -1)
         parts = []
         for bit, name in FLAG_NAMES.items():
-            frames_per_star = ((flags & bit) > 0).sum(axis=0)
-            stars = {i: int(n) for i, n in enumerate(frames_per_star) if n}
+            flagged = (flags & bit) > 0
+            if bit & FRAME_BITS:
+                n_frames = int(flagged.any(axis=1).sum())
+                if n_frames:
+                    parts.append(f"{name}: {n_frames} frame{'s' if n_frames > 1 else ''}")
+                continue
+            stars = {i: int(n) for i, n in enumerate(flagged.sum(axis=0)) if n}
             if stars:
                 parts.append(f"{name}: " + " ".join(f"star{i}x{n}" for i, n in stars.items()))
         if parts:

@@ -26,6 +26,8 @@ FLAG_CORRUPT = 32
 FLAG_REACQUIRED = 64
 # A measurement with one of these bits cannot be trusted for differential photometry.
 UNUSABLE_BITS = FLAG_LOST | FLAG_OFF_CHIP | FLAG_SATURATED | FLAG_NAN | FLAG_CORRUPT
+# Bits the kernel sets on every star of a frame (the frame's, not a star's).
+FRAME_BITS = FLAG_LOST | FLAG_CORRUPT | FLAG_REACQUIRED
 FLAG_NAMES = {FLAG_LOST: "tracking lost", FLAG_OFF_CHIP: "off chip", FLAG_SATURATED: "saturated",
               FLAG_BAD_PIXEL: "bad pixel", FLAG_NAN: "NaN", FLAG_CORRUPT: "corrupt frame",
               FLAG_REACQUIRED: "re-acquired"}
