@@ -3,17 +3,17 @@
 import numpy as np
 from astropy.table import Table
 
-from bandersnake import kernel as K
+from bandersnake.analysis import io as F
 from bandersnake.summary import describe_table
 
 
 def test_describe_table_counts_frame_flags_once_and_star_flags_per_star(tmp_path):
     flag = np.zeros((5, 3), np.int32)
-    flag[1, :] |= K.FLAG_REACQUIRED          # the kernel sets frame-wide bits on every star
-    flag[3, :] |= K.FLAG_LOST
-    flag[4, :] |= K.FLAG_LOST
-    flag[:, 2] |= K.FLAG_SATURATED            # star 2 saturated in all 5 frames
-    flag[2, 0] |= K.FLAG_BADPIX
+    flag[1, :] |= F.FLAG_REACQUIRED          # the kernel sets frame-wide bits on every star
+    flag[3, :] |= F.FLAG_LOST
+    flag[4, :] |= F.FLAG_LOST
+    flag[:, 2] |= F.FLAG_SATURATED            # star 2 saturated in all 5 frames
+    flag[2, 0] |= F.FLAG_BAD_PIXEL
     path = tmp_path / "photometry_aper5.fits"
     Table({"flag": flag}).write(path)
     line = describe_table(path)
@@ -24,5 +24,5 @@ def test_describe_table_counts_frame_flags_once_and_star_flags_per_star(tmp_path
 def test_describe_table_one_star(tmp_path):
     # A target with one star: the flag column is 1-D.
     path = tmp_path / "centroids.fits"
-    Table({"flag": np.array([0, K.FLAG_CORRUPT, 0], np.int32)}).write(path)
+    Table({"flag": np.array([0, F.FLAG_CORRUPT, 0], np.int32)}).write(path)
     assert describe_table(path) == "centroids.fits: 3 frames (corrupt frame: 1 frame)"
