@@ -361,3 +361,51 @@ def test_two_threads_same_tables_as_one(night, tmp_path):
         for col in a.colnames:
             if a[col].dtype.kind == "f":
                 np.testing.assert_array_equal(np.asarray(a[col]), np.asarray(b[col]), err_msg=col)
+
+
+def test_windows_equal_whole_frame_photometry(tmp_path):
+    """The kernel calibrates only the pixels its windows need (stamp square, then the annulus disc
+    around the centroid): its tables must equal the whole-image wrappers run on the whole
+    calibrated frame at the same centroids. Bad pixels sit in the annulus beyond the stamp
+    square, and one star is cut by the right edge, so a pixel left out of a window, or filled
+    without its bad-pixel interpolation or off-image mark, changes a sky or a sum."""
+    from bandersnake.aperture import annulus_stats, aperture_sum
+    from bandersnake.reduce import calibrate_frame, read_raw
+
+    rng = np.random.default_rng(5)
+    # Bad pixels 13-17 px from stars 0, 1 and 4 (annulus 12..18, stamp half-width 12), and one
+    # in star 0's core.
+    bad = [(71, 61)] + [(int(x + d * c), int(y + d * s)) for x, y in POS[[0, 1, 4]]
+                        for d in (13.5, 15.5, 17.2) for c, s in ((1, 0), (0, 1), (-1, 0), (0.6, -0.8))
+                        if 0 <= x + d * c < SHAPE[1] and 0 <= y + d * s < SHAPE[0]]
+    masters, m = write_masters(tmp_path / "calib", SHAPE, rng, bad=bad)
+    offs = [(0.0, 0.0), (0.4, -0.3), (1.2, 0.9)]
+    raw, _ = write_raw_frames(tmp_path / "raw", m, POS, FLUX, offs, rng)
+    inst = synth_instrument(SHAPE)
+    tgt = TargetEntry("SYNTH", POS, tracking_star=1)
+    run_streaming(raw, masters, inst, SETTINGS, tgt, tmp_path / "out", threads=1)
+    st = CoreSettings.from_night(SETTINGS)
+    cal = load_calibration(masters, inst)
+    n_checked = 0
+    for r in range(2, 9):
+        p = read(tmp_path / "out" / "photometry" / f"photometry_aper{r}.fits")
+        for k, path in enumerate(raw):
+            sci, err, msk = calibrate_frame(read_raw(path, inst, cal.shape), cal)
+            for s in range(len(POS)):
+                x, y = float(p["xc"][k, s]), float(p["yc"][k, s])
+                ap = aperture_sum(sci, x, y, [float(r)], error=err, mask=msk)
+                sky, _, sky_sd, n_sky = annulus_stats(sci, x, y, 12.0, 18.0, st.sky_clip_sigma,
+                                                      st.sky_clip_iters, mask=msk)
+                # Same numba code on the same float32-rounded values, summed in the same order:
+                # only the window origin differs, so 1e-12 is rounding headroom, far below 1e-9.
+                assert p["sky"][k, s] == pytest.approx(sky, rel=1e-12), (r, k, s)
+                assert p["sky_err"][k, s] == pytest.approx(sky_sd, rel=1e-12), (r, k, s)
+                assert p["n_bad_pixels"][k, s] == ap["n_bad"][0], (r, k, s)
+                flux = ap["sum"][0] - sky * ap["area"][0]
+                flux_err = np.sqrt(ap["var"][0] + ap["area"][0] ** 2 * sky_sd ** 2 / n_sky)
+                assert p["flux"][k, s] == pytest.approx(flux, rel=1e-12), (r, k, s)
+                assert p["flux_err"][k, s] == pytest.approx(flux_err, rel=1e-12), (r, k, s)
+                n_checked += 1
+    assert n_checked == 7 * 3 * len(POS)
+    p8 = read(tmp_path / "out" / "photometry" / "photometry_aper8.fits")
+    assert (p8["n_bad_pixels"] > 0).any()     # the bad pixels do reach the apertures somewhere
