@@ -64,15 +64,58 @@ MASK_NEAR_BAD = 8     # within `grow` px of a bad pixel
 MASK_OUTSIDE = 128    # window pixel lies outside the image (never written to disk)
 
 
+# fdlibm's asin (e_asin.c, Sun Microsystems 1993): rational approximation of
+# (asin(t) - t) / t**3 in t**2 on |t| < 0.5, and asin(t) = pi/2 - 2 asin(sqrt((1 - |t|) / 2)) above.
+_PIO2_HI = 1.57079632679489655800e+00
+_PIO2_LO = 6.12323399573676603587e-17
+_PS = (1.66666666666666657415e-01, -3.25565818622400915405e-01, 2.01212532134862925881e-01,
+       -4.00555345006794114027e-02, 7.91534994289814532176e-04, 3.47933107596021167570e-05)
+_QS = (-2.40339491173441421878e+00, 2.02094576023350569471e+00, -6.88283971605453293030e-01,
+       7.70381505559019352791e-02)
+
+
+@numba.njit(cache=True, inline="always")
+def _asin(u):
+    """``asin(u)`` for ``|u| <= 1``, within 2 ulp of the C library's, and free of branches.
+
+    fdlibm's method, with its 0.5 <= |u| < 0.975 refinement (1 ulp rather than 2) left out so
+    that both ranges share one rational function and every choice is a select: a loop over it
+    vectorises (~0.9 ns per value against ~3.7 ns for libm's ``asin``, which the aperture
+    tables call ~330 times per star).
+    """
+    a = abs(u)
+    small = a < 0.5
+    t = u * u if small else 0.5 * (1.0 - a)
+    num = t * (_PS[0] + t * (_PS[1] + t * (_PS[2] + t * (_PS[3] + t * (_PS[4] + t * _PS[5])))))
+    den = 1.0 + t * (_QS[0] + t * (_QS[1] + t * (_QS[2] + t * _QS[3])))
+    w = num / den
+    s = math.sqrt(t)
+    v = a + a * w if small else _PIO2_HI - (2.0 * (s + s * w) - _PIO2_LO)
+    return v if u >= 0.0 else -v
+
+
 @numba.njit(cache=True, inline="always")
 def _p(x, r):
-    """Twice the integral of ``sqrt(r**2 - t**2)`` for t from 0 to x (|x| <= r)."""
-    u = x / r
-    if u > 1.0:
-        u = 1.0
-    elif u < -1.0:
-        u = -1.0
-    return math.sqrt(max(1.0 - u * u, 0.0)) * x * r + r * r * math.asin(u)
+    """Twice the integral of ``sqrt(r**2 - t**2)`` for t from 0 to x (|x| <= r; clamped beyond)."""
+    u = min(max(x / r, -1.0), 1.0)
+    return math.sqrt(max(1.0 - u * u, 0.0)) * x * r + r * r * _asin(u)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _p_at(x, r, out):
+    """``out[k] = _p(x[k], r)``; a separate function so that the loop vectorises (``r > 0``, no
+    division can fail: numpy's error model drops the checks that would stop it)."""
+    for k in range(x.shape[0]):
+        out[k] = _p(x[k], r)
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _chords_at(y, r, s, ps):
+    """Chord half-widths ``s[k] = sqrt(r**2 - y[k]**2)`` (0 where ``|y[k]| >= r``) and ``ps[k] = _p(s[k], r)``."""
+    for k in range(y.shape[0]):
+        sk = math.sqrt(max(r * r - y[k] * y[k], 0.0))
+        s[k] = sk
+        ps[k] = _p(sk, r)
 
 
 @numba.njit(cache=True, inline="always")
@@ -139,34 +182,6 @@ def pixel_weight(dx, dy, r):
     # Fold into the first quadrant: the overlap is symmetric, and the rectangle
     # [ax-0.5, ax+0.5] x [ay-0.5, ay+0.5] keeps the arithmetic away from cancellations.
     return circle_rect_overlap(ax - 0.5, ax + 0.5, ay - 0.5, ay + 0.5, r)
-
-
-@numba.njit(cache=True, inline="always")
-def _area_above_cached(x0, x1, h, r, s, px0, px1, ps):
-    """:func:`_area_above` with ``s = sqrt(r**2 - h**2)``, ``_p(x0)``, ``_p(x1)`` and ``_p(s)`` given.
-
-    The same operations on the same values as :func:`_area_above`, so the same result; only
-    the (costly) ``_p`` of a clamped end is taken from the caller when it is one of those.
-    """
-    if h >= r:
-        return 0.0
-    a = min(max(x0, -s), s)
-    b = min(max(x1, -s), s)
-    if a == b:
-        return 0.0
-    if b == x1:
-        pb = px1
-    elif b == s:
-        pb = ps
-    else:
-        pb = _p(b, r)
-    if a == x0:
-        pa = px0
-    elif a == s:
-        pa = ps
-    else:
-        pa = _p(a, r)
-    return 0.5 * (pb - 2.0 * h * b) - 0.5 * (pa - 2.0 * h * a)
 
 
 @numba.njit(cache=True, inline="always")
@@ -260,30 +275,23 @@ def aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, out_sum, out_area, out_v
     ncol = i1 - i0 + 1
     nrow = j1 - j0 + 1
     # Edges (signed, relative to the centre) of the columns and rows; per radius, _p at the
-    # column edges, and the chord half-width s and _p(s) at the row edges (|y| < r + 1 only:
-    # a cut pixel has both edges within 1 px of its nearest point, itself within r).
+    # column edges, and the chord half-width s and _p(s) at the row edges.
     xe = np.empty(ncol + 1)
     for c in range(ncol + 1):
         xe[c] = ((ox + i0 + c) - xc) - 0.5
     ye = np.empty(nrow + 1)
     for e in range(nrow + 1):
         ye[e] = ((oy + j0 + e) - yc) - 0.5
-    pxe = np.zeros((nap, ncol + 1))
-    sre = np.zeros((nap, nrow + 1))
-    pse = np.zeros((nap, nrow + 1))
+    pxe = np.empty((nap, ncol + 1))
+    sre = np.empty((nap, nrow + 1))
+    pse = np.empty((nap, nrow + 1))
     ps_r = np.empty(nap)
     for q in range(nap):
         r = rs[q]
-        lim = r + 1.0
         ps_r[q] = _p(r, r)
-        for c in range(ncol + 1):
-            if abs(xe[c]) < lim:
-                pxe[q, c] = _p(xe[c], r)
-        for e in range(nrow + 1):
-            ay = abs(ye[e])
-            if ay < r:
-                sre[q, e] = math.sqrt(r * r - ay * ay)
-                pse[q, e] = _p(sre[q, e], r)
+        # At every edge (|x| >= r + 1 is never read): whole vectorised rows beat skipping.
+        _p_at(xe, r, pxe[q])
+        _chords_at(ye, r, sre[q], pse[q])
     # Full-weight contributions, by the first (sorted) radius that holds the whole pixel.
     f_sum = np.zeros(nap)
     f_var = np.zeros(nap)

@@ -41,7 +41,10 @@ import math
 
 import numba
 import numpy as np
-from numba import prange
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .aperture import (MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, _chord, aperture_sums, annulus_values,
                        clipped_stats)
@@ -127,6 +130,57 @@ def _calib_one(raw, code, bias, dark, flat, y, x, offset, exptime, gain, rn2):
     sci = (c - np.float64(dark[y, x]) * exptime * gain) / f
     err = math.sqrt(max(c, 0.0) + rn2) / f
     return sci, err
+
+
+@intrinsic
+def _prefetch(typingctx, arr, y, x):
+    """Ask the CPU to start loading element ``[y, x]`` of a 2-D array into its caches (``llvm.prefetch``).
+
+    A hint only: it returns at once, never faults and changes no value.
+    """
+    sig = types.void(arr, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])   # read, keep, data
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(cache=True)
+def _prefetch_rows(img, cx, cy, half):
+    ny, nx = img.shape
+    x0 = max(cx - half, 0)
+    x1 = min(cx + half, nx - 1)
+    if x1 < x0:
+        return
+    step = max(64 // img.itemsize, 1)       # one request per 64-byte cache line
+    for y in range(max(cy - half, 0), min(cy + half + 1, ny)):
+        for x in range(x0, x1, step):
+            _prefetch(img, y, x)
+        _prefetch(img, y, x1)
+
+
+@numba.njit(cache=True)
+def prefetch_window(mode, raw, sci_f, cx, cy, half):
+    """Start loading the frame rows of the window of half-width ``half`` around pixel ``(cx, cy)``.
+
+    The raw frame (or, in ``MODE_REDUCED``, the calibrated one) is new in every frame and read
+    row by row, each row a few cache lines the hardware cannot guess: a cold window costs ~6 us
+    of waiting for memory, most of which is hidden by asking for the next star's rows while the
+    current star is measured. The masters, the same every frame, stay cached.
+    """
+    if mode == MODE_RAW:
+        _prefetch_rows(raw, cx, cy, half)
+    else:
+        _prefetch_rows(sci_f, cx, cy, half)
 
 
 @numba.njit(cache=True)
@@ -722,6 +776,11 @@ def measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
             py = ref_y[s] + dy
             cx = int(round(px))
             cy = int(round(py))
+            if s == 0:
+                prefetch_window(mode, raw, sci_f, cx, cy, half_s)
+            if s + 1 < n_stars:
+                prefetch_window(mode, raw, sci_f, int(round(ref_x[s + 1] + dx)), int(round(ref_y[s + 1] + dy)),
+                                half_s)
             ox = cx - b
             oy = cy - b
             stamp_org[s, 0] = ox
