@@ -13,8 +13,10 @@ BZERO, 12 Moffat stars on Gaussian noise, written to a temporary folder), in one
 (e) the kernel alone on frames already in memory (where the time goes),
 
 then a per-stage breakdown of (c+): masters, reading, kernel, tables (fixed per night).
-Prints frames/s (median of repeats), the ratios and the load average (the machine is shared:
-compare ratios measured in the same run, not absolute rates). Usage::
+Everything runs once per round, ``--repeats`` rounds; prints frames/s (medians over the rounds),
+the ratios (median over the rounds of the ratio within a round: the machine is shared and its
+speed drifts within minutes, so a ratio of two medians taken minutes apart moves with it) and
+the load average. Compare ratios, not absolute rates. Usage::
 
     PYTHONPATH=workflow python benchmarks/bench_streaming.py [--quick] [--frames N] [--repeats R]
 
@@ -188,7 +190,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="30 frames, 1 repeat, one shape (development)")
     ap.add_argument("--frames", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--photutils-frames", type=int, default=60, help="frames for the slow path (b)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -211,25 +213,35 @@ def main(argv=None):
             streaming(paths[:3], masters, pos, shape, 1, folder / "warm")     # compile / load numba cache
             photutils_path(paths[:2], masters, pos)     # imports photutils: not part of (b)'s time
             n, nb = len(paths), min(args.photutils_frames, len(paths))
-            ta = timed(lambda: floor_read(paths), args.repeats)
-            # The night's fixed part (masters, apertures) once, the per-frame part scaled to n frames.
-            tb_fixed = timed(lambda: photutils_path([], masters, pos), args.repeats)
-            tb_run = timed(lambda: photutils_path(paths[:nb], masters, pos), args.repeats)
-            tb = tb_fixed + (tb_run - tb_fixed) * n / nb
-            with _StageTimer() as stages:
-                tc_runs = run_times(lambda: streaming(paths, masters, pos, shape, 1, folder / "c"), args.repeats)
-            # (c) like (b): read, calibrate, centroid, measure (masters included), without the job's
-            # BJD_TDB/airmass and table writing, which (b) does not do; (c+) is the whole job.
-            tc_job = statistics.median(tc_runs)
-            tc = statistics.median(t - f for t, f in zip(tc_runs, stages.calls["_finish"]))
-            td = timed(lambda: streaming(paths, masters, pos, shape, 2, folder / "d"), args.repeats)
             cal = load_calibration(masters, inst(shape))
             # Frames dropped as read, buffers recycled, as in (c) (fresh memory would time page faults).
             pool = BufferPool()
-            tr = timed(lambda: [read_raw(p, inst(shape), cal.shape, pool).release() for p in paths], args.repeats)
             frames = [read_raw(p, inst(shape), cal.shape) for p in paths]
-            te1 = timed(lambda: kernel_only(frames, cal, pos, 1), args.repeats)
-            te2 = timed(lambda: kernel_only(frames, cal, pos, 2), args.repeats)
+            # Rounds of (a), (b), (c), (d), (e), one run each: the machine's speed drifts, so the
+            # ratios are taken within a round and their median over the rounds is reported.
+            t = {k: [] for k in ("a", "b", "c", "c+", "d", "read", "e1", "e2")}
+            stage_t = {}
+            for _ in range(args.repeats):
+                t["a"].append(timed(lambda: floor_read(paths), 1))
+                # The night's fixed part (masters, apertures) once, the per-frame part scaled to n frames.
+                tb_fixed = timed(lambda: photutils_path([], masters, pos), 1)
+                tb_run = timed(lambda: photutils_path(paths[:nb], masters, pos), 1)
+                t["b"].append(tb_fixed + (tb_run - tb_fixed) * n / nb)
+                with _StageTimer() as stages:
+                    tc_job = timed(lambda: streaming(paths, masters, pos, shape, 1, folder / "c"), 1)
+                # (c) like (b): read, calibrate, centroid, measure (masters included), without the
+                # job's BJD_TDB/airmass and table writing, which (b) does not do; (c+) is the whole job.
+                t["c+"].append(tc_job)
+                t["c"].append(tc_job - stages.t["_finish"])
+                for name, dt in stages.t.items():
+                    stage_t.setdefault(name, []).append(dt)
+                t["d"].append(timed(lambda: streaming(paths, masters, pos, shape, 2, folder / "d"), 1))
+                t["read"].append(timed(lambda: [read_raw(p, inst(shape), cal.shape, pool).release() for p in paths], 1))
+                t["e1"].append(timed(lambda: kernel_only(frames, cal, pos, 1), 1))
+                t["e2"].append(timed(lambda: kernel_only(frames, cal, pos, 2), 1))
+            med = {k: statistics.median(v) for k, v in t.items()}
+            ratio = lambda num, den: statistics.median(x / y for x, y in zip(t[num], t[den]))
+            ta, tb, tc, tc_job, td, tr, te1, te2 = (med[k] for k in ("a", "b", "c", "c+", "d", "read", "e1", "e2"))
             fps = lambda t: n / t
             print(f"(a) astropy open+read (floor)    {fps(ta):8.1f} frames/s")
             print(f"(b) photutils path ({nb} frames)   {fps(tb):8.1f} frames/s "
@@ -239,11 +251,13 @@ def main(argv=None):
             print(f"(d) whole job, 2 threads         {fps(td):8.1f} frames/s")
             print(f"    read_raw                     {fps(tr):8.1f} frames/s")
             print(f"(e) kernel only, 1 / 2 threads   {fps(te1):8.1f} / {fps(te2):.1f} frames/s")
-            print(f"ratios: (c) vs (b) speed-up {tb / tc:6.1f}x (goal >= 25x); (c) time / (a) time "
-                  f"{tc / ta:5.2f} (goal <= 1.5); (c+) vs (b) {tb / tc_job:.1f}x, (c+) / (a) {tc_job / ta:.2f}; "
-                  f"(d) vs (c+) {tc_job / td:4.2f}x; (a) vs (b) {tb / ta:.1f}x")
+            print(f"ratios (median over {args.repeats} rounds of the ratio within a round): "
+                  f"(c) vs (b) speed-up {ratio('b', 'c'):6.1f}x (goal >= 25x, rounds {min(x / y for x, y in zip(t['b'], t['c'])):.1f}-"
+                  f"{max(x / y for x, y in zip(t['b'], t['c'])):.1f}x); (c) time / (a) time {ratio('c', 'a'):5.2f} "
+                  f"(goal <= 1.5); (c+) vs (b) {ratio('b', 'c+'):.1f}x, (c+) / (a) {ratio('c+', 'a'):.2f}; "
+                  f"(d) vs (c+) {ratio('c+', 'd'):4.2f}x; (a) vs (b) {ratio('b', 'a'):.1f}x")
             per = lambda t: 1e3 * t / n
-            fixed = {k: v / args.repeats for k, v in stages.t.items()}
+            fixed = {k: statistics.median(v) for k, v in stage_t.items()}
             print(f"where (c+)'s {per(tc_job):.2f} ms/frame go: masters {per(fixed.get('load_calibration', 0)):.2f}, "
                   f"tables+BJD {per(fixed.get('_finish', 0)):.2f} (fixed per night, spread over {n} frames); "
                   f"reading {per(tr):.2f} (reader thread), kernel {per(te1):.2f} ms/frame")

@@ -169,6 +169,22 @@ def test_masters_read_directly_equal_read_image(setup):
     assert cal.bias.dtype == np.float32 and cal.bias.flags.c_contiguous
 
 
+def test_byte_bad_pixel_map_read_directly(tmp_path):
+    # A BITPIX 8 bad-pixel map takes the direct reader (no astropy data layer): same values.
+    from bandersnake.fitsio import read_image
+    from bandersnake.reduce import _read_master, _read_primary_fast
+
+    bpm = np.zeros(SHAPE, np.uint8)
+    bpm[3, 5] = 1
+    bpm[10, 2] = 255
+    fits.writeto(tmp_path / "bpm.fits", bpm)
+    assert _read_primary_fast(tmp_path / "bpm.fits") is None        # not for science frames
+    fast, _ = _read_master(tmp_path / "bpm.fits", expected_shape=SHAPE)
+    ref, _ = read_image(tmp_path / "bpm.fits", dtype=np.float32)
+    assert fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, ref)
+
+
 def _header_file(path, cards, long_header=False):
     hdr = fits.Header()
     for key, value, comment in cards:

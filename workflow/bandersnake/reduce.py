@@ -182,7 +182,7 @@ def _read_master(path, expected_shape=None):
     fast = None
     if str(path).lower().endswith(_UNCOMPRESSED):
         try:
-            fast = _read_primary_fast(path)
+            fast = _read_primary_fast(path, bytes_ok=True)
         except (OSError, FrameError):
             fast = None
     if fast is None:
@@ -449,14 +449,15 @@ def _parse_value(field):
     return float(text.replace("D", "E").replace("d", "e"))
 
 
-def _read_primary_fast(path, buffers=None):
+def _read_primary_fast(path, buffers=None, bytes_ok=False):
     """Read the primary image of an uncompressed FITS file without astropy's data layer.
 
     The header blocks are read and parsed into a :class:`FastHeader` (astropy's header costs
     ~30 us per frame, more with many cards); the data unit is read with one ``readinto`` (no
     scaling, GIL released) into a buffer taken from ``buffers`` (a :class:`BufferPool`) when
     given. 16-bit images stay as the file's big-endian integers, which the kernel decodes pixel
-    by pixel (``RAW_BE_U16``/``RAW_BE_I16``); BITPIX -32 is byte-swapped to float32.
+    by pixel (``RAW_BE_U16``/``RAW_BE_I16``); BITPIX -32 is byte-swapped to float32. With
+    ``bytes_ok`` (masters: a bad-pixel map), BITPIX 8 is read too, as uint8.
 
     (A memory map of the file reads only the pages the kernel touches, but on this VM a page
     fault costs ~5 us and an unmap ~70 us: more than copying the whole 2 MB data unit.)
@@ -506,6 +507,8 @@ def _read_primary_fast(path, buffers=None):
             code, dtype = (RAW_BE_U16 if bzero == 32768 else RAW_BE_I16), np.dtype(np.uint16)
         elif bitpix == -32 and bzero == 0:
             code, dtype = RAW_NATIVE, np.dtype(">f4")
+        elif bitpix == 8 and bzero == 0 and bytes_ok:
+            code, dtype = RAW_NATIVE, np.dtype(np.uint8)
         else:
             return None
         need = nx * ny * dtype.itemsize
@@ -522,7 +525,12 @@ def _read_primary_fast(path, buffers=None):
             buffers.give(buf)
         raise FrameError(path, f"unreadable FITS data (truncated: data unit has {got or 0} of {need} bytes)")
     raw = buf.view(dtype).reshape(ny, nx)
-    if code == RAW_NATIVE:
+    if dtype == np.uint8:
+        if buffers is not None:
+            raw = raw.copy()
+            buffers.give(buf)
+        buf = None
+    elif code == RAW_NATIVE:
         if buffers is not None:
             raw = raw.astype(np.float32)
             buffers.give(buf)
