@@ -7,6 +7,10 @@ the tables are equal. On a shared VM whose speed drifts by 2x within minutes, on
 alternated ratios separate a 10 % change from noise (an A/A run spreads by about +-5 %)::
 
     PYTHONPATH=workflow python benchmarks/ab_kernel.py HEAD~1 [--rounds 15] [--frames 40]
+
+With ``--job``, what is alternated is benchmark (c) itself: the whole ``run_streaming`` job on
+one thread (masters, reader thread, kernel) less its final stage (BJD_TDB, airmass, tables),
+over 200 frames on disk unless ``--frames`` says otherwise.
 """
 
 import argparse
@@ -59,6 +63,18 @@ def setup(pkg, paths, masters, pos, shape):
     return run, runner.res
 
 
+def setup_job(pkg, paths, masters, pos, shape, out):
+    """A function running benchmark (c) (``run_streaming`` less ``_finish``) with package ``pkg``."""
+    P, T = (importlib.import_module(f"{pkg}.{m}") for m in ("photometry", "targets"))
+    P._finish = lambda *a, **k: None
+
+    def run():
+        P.run_streaming(paths, masters, B.inst(shape), B.settings(), T.TargetEntry("B", pos, 0), out, threads=1)
+
+    run()
+    return run
+
+
 def max_rel(a, b):
     d = np.abs(a - b) / np.maximum(np.abs(b), 1e-300)
     d[np.isnan(a) & np.isnan(b)] = 0.0
@@ -69,12 +85,29 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rev", help="commit to compare with (e.g. HEAD~1)")
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--frames", type=int, default=None, help="frames (40; 200 with --job)")
+    ap.add_argument("--job", action="store_true", help="alternate benchmark (c), the whole job less its tables")
     args = ap.parse_args(argv)
+    args.frames = args.frames or (200 if args.job else 40)
     shape = (1024, 1024)
     with tempfile.TemporaryDirectory(prefix="ab_kernel_") as tmp:
         extract_package(args.rev, tmp)
         paths, masters, pos = B.make_frames(Path(tmp) / "frames", shape, args.frames, np.random.default_rng(1))
+        if args.job:
+            import logging
+            logging.basicConfig(level=logging.ERROR)
+            runs = [setup_job(pkg, paths, masters, pos, shape, Path(tmp) / pkg)
+                    for pkg in ("bandersnake_ab", "bandersnake")]
+            ta, tb = [], []
+            for _ in range(args.rounds):
+                for run, times in zip(runs, (ta, tb)):
+                    t0 = time.perf_counter()
+                    run()
+                    times.append((time.perf_counter() - t0) / args.frames * 1e3)
+            ratio = statistics.median(b / a for a, b in zip(ta, tb))
+            print(f"(c) {args.rev}: {statistics.median(ta):.3f} ms/frame, this tree: {statistics.median(tb):.3f} "
+                  f"ms/frame (medians of {args.rounds}); this tree / {args.rev}: median ratio {ratio:.3f}")
+            return 0
         run_a, res_a = setup("bandersnake_ab", paths, masters, pos, shape)
         run_b, res_b = setup("bandersnake", paths, masters, pos, shape)
         ta, tb = [], []
