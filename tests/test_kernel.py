@@ -108,9 +108,9 @@ def test_centroids_follow_drift_and_jump(night):
     assert c["flag"][5, 0] & K.FLAG_REACQUIRED     # 12.6 px jump > boxsize/2 flagged
     assert not (c["flag"][[0, 1, 2, 4, 7], 0] & K.FLAG_REACQUIRED).any()
     assert (c["flag"][:, 3] & K.FLAG_SATURATED)[ok].all()
-    assert (c["flag"][[5, 7], 4] & K.FLAG_OFFCHIP).all()     # x > 259.5 after the jump
+    assert (c["flag"][[5, 7], 4] & K.FLAG_OFF_CHIP).all()     # x > 259.5 after the jump
     p = read(night["out_s"] / "photometry" / "photometry_aper8.fits")
-    assert (p["flag"][ok, 4] & K.FLAG_OFFCHIP).all()        # r = 8 crosses the right edge
+    assert (p["flag"][ok, 4] & K.FLAG_OFF_CHIP).all()        # r = 8 crosses the right edge
 
 
 def test_corrupt_frame_row(night, caplog):
@@ -130,7 +130,7 @@ def test_nan_and_bad_pixel_flags(night):
     assert not (p["flag"][[0, 1, 2, 4, 5, 7], 2] & K.FLAG_NAN).any()
     assert c_flag(night)[6, 2] & K.FLAG_NAN
     # Bad pixel (71, 61) is ~0.3 px from star 0's centre in frame 0: counted and flagged.
-    assert p["n_bad_pixels"][0, 0] >= 1 and p["flag"][0, 0] & K.FLAG_BADPIX
+    assert p["n_bad_pixels"][0, 0] >= 1 and p["flag"][0, 0] & K.FLAG_BAD_PIXEL
 
 
 def c_flag(night):
@@ -316,7 +316,7 @@ def test_simulated_night_fluxes(simnight):
         level = CircularAnnulus((cx, cy), 15, 25).to_mask(method="center").get_values(img).mean()
         hits = cr[(cr["file"] == r["file"]) & (np.hypot(cr["x"] - r["x"], cr["y"] - r["y"]) < 26)]
         for n, t in tables.items():
-            if t["flag"][k, s] & (K.FLAG_BADPIX | K.FLAG_SATURATED) or len(hits):
+            if t["flag"][k, s] & (K.FLAG_BAD_PIXEL | K.FLAG_SATURATED) or len(hits):
                 continue              # interpolated bad pixel or a cosmic ray near the star
             ap = CircularAperture((cx, cy), n)
             frac = aperture_photometry(img, ap, method="exact")["aperture_sum"][0] - ap.area * level

@@ -31,11 +31,12 @@ def _clear_stale_numba_cache():
     """Delete cached machine code when any numba source of the streaming core changed.
 
     numba's on-disk cache of a function is keyed on its own file only: editing ``centroid.py``
-    or ``aperture.py`` would leave ``process_frame`` running stale inlined code. A hash of the
-    three sources is kept beside the cache; on mismatch their cache files are removed.
+    or ``aperture.py`` would leave ``process_frame`` running stale inlined code (and editing
+    ``flags.py`` stale constants). A hash of the four sources is kept beside the cache; on
+    mismatch their cache files are removed.
     """
     here = Path(__file__).resolve().parent  # aperture.py is imported first by the other two
-    names = ("aperture", "centroid", "kernel")
+    names = ("aperture", "centroid", "kernel", "flags")   # flags: constants frozen into the kernel
     digest = hashlib.sha256(b"".join((here / f"{n}.py").read_bytes() for n in names)).hexdigest()
     dirs = [here / "__pycache__"]
     if os.environ.get("NUMBA_CACHE_DIR"):

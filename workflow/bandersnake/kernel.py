@@ -50,6 +50,8 @@ from .aperture import (MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, _chord, aperture_
                        clipped_stats)
 from .centroid import (CHOOSE_CENTRAL, CHOOSE_LARGEST, consistent_with, find_component, match_component,
                        refine_sigma, stamp_diagnostics, stamp_sky, windowed_centroid)
+from .flags import (FLAG_BAD_PIXEL, FLAG_CORRUPT, FLAG_LOST, FLAG_NAN, FLAG_OFF_CHIP,  # noqa: F401
+                    FLAG_REACQUIRED, FLAG_SATURATED)
 
 MODE_RAW = 0
 MODE_REDUCED = 1
@@ -85,13 +87,6 @@ TRACK_HIST = 5
 # Two centroids closer than this (px) are taken as the same component seen in two stamps.
 SAME_COMPONENT_PX = 2.0
 
-FLAG_LOST = 1
-FLAG_OFFCHIP = 2
-FLAG_SATURATED = 4
-FLAG_BADPIX = 8
-FLAG_NAN = 16
-FLAG_CORRUPT = 32
-FLAG_REACQUIRED = 64
 
 
 def calib_params(offset, exptime, gain, read_noise, saturation):
@@ -613,12 +608,12 @@ def _centroid_star(sci, msk, ox, oy, px, py, s, nx, ny, frame_flag, ipar, fpar, 
     if nnan > 0:
         flag |= FLAG_NAN
     if xc < -0.5 or yc < -0.5 or xc > nx - 0.5 or yc > ny - 0.5:
-        flag |= FLAG_OFFCHIP
+        flag |= FLAG_OFF_CHIP
     elif lab_s > 0:
         for j in range(n):
             for i in range(n):
                 if comp[s, j, i] and (ox + i == 0 or oy + j == 0 or ox + i == nx - 1 or oy + j == ny - 1):
-                    flag |= FLAG_OFFCHIP
+                    flag |= FLAG_OFF_CHIP
     cent_out[s, C_XC] = xc
     cent_out[s, C_YC] = yc
     cent_out[s, C_XW] = xw
@@ -646,11 +641,11 @@ def _photometry_star(sci, err, msk, excl, ox, oy, s, frame_flag, ipar, fpar, rad
     for k in range(nap):
         flag = frame_flag
         if noutp[k] > 0:
-            flag |= FLAG_OFFCHIP
+            flag |= FLAG_OFF_CHIP
         if nsatp[k] > 0:
             flag |= FLAG_SATURATED
         if nbad[k] > 0:
-            flag |= FLAG_BADPIX
+            flag |= FLAG_BAD_PIXEL
         if nnanp[k] > 0 or nan_ann > 0:
             flag |= FLAG_NAN
         if ipar[IP_SKYSUPP]:

@@ -518,7 +518,7 @@ def _log_summary(res, target):
     for bit, what in ((K.FLAG_LOST, "tracking star lost (previous offset kept)"),
                       (K.FLAG_REACQUIRED, "re-acquisition jump recovered"),
                       (K.FLAG_NAN, "NaN pixels in a stamp"),
-                      (K.FLAG_OFFCHIP, "a star (partly) off the chip"),
+                      (K.FLAG_OFF_CHIP, "a star (partly) off the chip"),
                       (K.FLAG_SATURATED, "saturated pixels in a star")):
         rows = np.nonzero(((res.cflag & bit) != 0).any(axis=1) & ((res.cflag & K.FLAG_CORRUPT) == 0).all(axis=1))[0]
         if rows.size:

@@ -10,6 +10,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from .fitsio import write_text
+from .flags import FLAG_NAMES, FRAME_BITS
 from .inventory import read_inventory, summarize
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ def describe_master(path):
 def describe_table(path):
     """Rows of a centroid or photometry table and, per flag bit, how many frames it flags: frame-wide
     bits (tracking lost, corrupt frame, re-acquired) as a count of frames, the others per star."""
-    from .analysis.io import FLAG_NAMES, FRAME_BITS
-
     table = Table.read(path)
     line = f"{Path(path).name}: {len(table)} frames"
     if "flag" in table.colnames and len(table):

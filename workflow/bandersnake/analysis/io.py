@@ -15,22 +15,9 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ..errors import BandersnakeError
+from ..flags import (FLAG_BAD_PIXEL, FLAG_CORRUPT, FLAG_LOST, FLAG_NAMES, FLAG_NAN, FLAG_OFF_CHIP,  # noqa: F401
+                     FLAG_REACQUIRED, FLAG_SATURATED, FRAME_BITS, UNUSABLE_BITS)
 
-# Photometry flag bits (ARCHITECTURE.md "Flag bits").
-FLAG_LOST = 1
-FLAG_OFF_CHIP = 2
-FLAG_SATURATED = 4
-FLAG_BAD_PIXEL = 8
-FLAG_NAN = 16
-FLAG_CORRUPT = 32
-FLAG_REACQUIRED = 64
-# A measurement with one of these bits cannot be trusted for differential photometry.
-UNUSABLE_BITS = FLAG_LOST | FLAG_OFF_CHIP | FLAG_SATURATED | FLAG_NAN | FLAG_CORRUPT
-# Bits the kernel sets on every star of a frame (the frame's, not a star's).
-FRAME_BITS = FLAG_LOST | FLAG_CORRUPT | FLAG_REACQUIRED
-FLAG_NAMES = {FLAG_LOST: "tracking lost", FLAG_OFF_CHIP: "off chip", FLAG_SATURATED: "saturated",
-              FLAG_BAD_PIXEL: "bad pixel", FLAG_NAN: "NaN", FLAG_CORRUPT: "corrupt frame",
-              FLAG_REACQUIRED: "re-acquired"}
 
 _APER_RE = re.compile(r"photometry_aper(\d+)\.fits$")
 
