@@ -81,6 +81,19 @@ def max_rel(a, b):
     return float(np.nanmax(d))
 
 
+def alternate(run_a, run_b, rounds, n_frames, label):
+    """Time ``run_a`` and ``run_b`` alternately; print their medians (ms/frame) and the median ratio."""
+    ta, tb = [], []
+    for _ in range(rounds):
+        for run, times in ((run_a, ta), (run_b, tb)):
+            t0 = time.perf_counter()
+            run()
+            times.append((time.perf_counter() - t0) / n_frames * 1e3)
+    ratio = statistics.median(b / a for a, b in zip(ta, tb))
+    print(f"{label}: {statistics.median(ta):.3f} ms/frame, this tree: {statistics.median(tb):.3f} ms/frame "
+          f"(medians of {rounds}); this tree / {label}: median ratio {ratio:.3f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rev", help="commit to compare with (e.g. HEAD~1)")
@@ -96,29 +109,13 @@ def main(argv=None):
         if args.job:
             import logging
             logging.basicConfig(level=logging.ERROR)
-            runs = [setup_job(pkg, paths, masters, pos, shape, Path(tmp) / pkg)
-                    for pkg in ("bandersnake_ab", "bandersnake")]
-            ta, tb = [], []
-            for _ in range(args.rounds):
-                for run, times in zip(runs, (ta, tb)):
-                    t0 = time.perf_counter()
-                    run()
-                    times.append((time.perf_counter() - t0) / args.frames * 1e3)
-            ratio = statistics.median(b / a for a, b in zip(ta, tb))
-            print(f"(c) {args.rev}: {statistics.median(ta):.3f} ms/frame, this tree: {statistics.median(tb):.3f} "
-                  f"ms/frame (medians of {args.rounds}); this tree / {args.rev}: median ratio {ratio:.3f}")
+            run_a, run_b = (setup_job(pkg, paths, masters, pos, shape, Path(tmp) / pkg)
+                            for pkg in ("bandersnake_ab", "bandersnake"))
+            alternate(run_a, run_b, args.rounds, args.frames, f"(c) {args.rev}")
             return 0
         run_a, res_a = setup("bandersnake_ab", paths, masters, pos, shape)
         run_b, res_b = setup("bandersnake", paths, masters, pos, shape)
-        ta, tb = [], []
-        for _ in range(args.rounds):
-            for run, times in ((run_a, ta), (run_b, tb)):
-                t0 = time.perf_counter()
-                run()
-                times.append((time.perf_counter() - t0) / args.frames * 1e3)
-    ratio = statistics.median(b / a for a, b in zip(ta, tb))
-    print(f"{args.rev}: {statistics.median(ta):.3f} ms/frame, this tree: {statistics.median(tb):.3f} ms/frame "
-          f"(medians of {args.rounds}); this tree / {args.rev}: median ratio {ratio:.3f}")
+        alternate(run_a, run_b, args.rounds, args.frames, args.rev)
     same = all(np.array_equal(getattr(res_a, k), getattr(res_b, k)) for k in ("cflag", "pflag"))
     print(f"max relative difference: centroids {max_rel(res_b.cent, res_a.cent):.2g}, "
           f"photometry {max_rel(res_b.phot, res_a.phot):.2g}; flags {'equal' if same else 'DIFFER'}")
