@@ -145,6 +145,9 @@ def test_radix_sort_equals_numpy_sort():
     cases = [rng.normal(600, 30, 1250).astype(np.float32).astype(float),      # a sky annulus (3 passes)
              star.astype(np.float32).astype(float),                           # a stamp with its star
              -star.astype(np.float32).astype(float),                          # negative values
+             rng.normal(5, 25, 1250).astype(np.float32).astype(float),        # low sky: both signs
+             (star - 700).astype(np.float32).astype(float),                   # both signs, star
+             np.concatenate([rng.normal(5, 25, 99).astype(np.float32), [0.1]]),  # one not float32-exact
              rng.integers(-3, 3, 500).astype(np.float32).astype(float),       # float32-exact ties, +-0
              rng.normal(size=999) * 10.0 ** rng.uniform(-300, 300, 999),      # every exponent
              rng.integers(-3, 3, 500).astype(float),                          # many ties

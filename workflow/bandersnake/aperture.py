@@ -398,14 +398,17 @@ def aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, out_sum, out_area, out_v
 
 _SIGN = np.uint64(1) << np.uint64(63)
 _BYTE = np.uint64(0xFF)
+_SIGN32 = np.uint32(1) << np.uint32(31)
 
 
 @numba.njit(cache=True)
-def _radix3(keys, work, low, bits):
+def _radix3(keys, work, low, bits, to_float64):
     """:func:`radix_sort` of keys whose varying bits lie in ``[low, low + 3 * bits)``, ``bits <= 11``.
 
     Three fixed passes with the three histograms counted in one read: written out rather than
     looped over digits, this runs ~3x faster than the general loop (~11 us for 1225 values).
+    ``keys`` (uint64 or uint32) are left sorted; with ``to_float64`` turned back into the float64
+    bits they were made from.
     """
     n = keys.shape[0]
     nb = 1 << bits
@@ -449,9 +452,52 @@ def _radix3(keys, work, low, bits):
         b = (k >> s2) & m
         work[c2[b]] = k
         c2[b] += 1
+    if to_float64:
+        for i in range(n):
+            k = work[i]
+            keys[i] = k ^ _SIGN if k & _SIGN else ~k
+    else:
+        for i in range(n):
+            keys[i] = work[i]
+
+
+@numba.njit(cache=True)
+def _radix_float32(v, keys, work):
+    """Sort float32-exact ``v`` on 32-bit keys (3 passes); False, ``v`` untouched, if one is not.
+
+    Values of both signs make the 64-bit keys differ from the sign bit down (> 33 bits), but
+    their float32 keys differ in 32 bits at most: a low-sky frame's annulus (negative pixels)
+    sorts in ~4 us this way against ~15 us in the general loop.
+    """
+    n = v.shape[0]
+    fk = keys.view(np.float32)
     for i in range(n):
-        k = work[i]
-        keys[i] = k ^ _SIGN if k & _SIGN else ~k
+        f = np.float32(v[i])
+        if np.float64(f) != v[i] or math.isnan(v[i]):
+            return False
+        fk[i] = f
+    lo = ~np.uint32(0)
+    hi = np.uint32(0)
+    for i in range(n):
+        k = keys[i]
+        k = ~k if k & _SIGN32 else k | _SIGN32
+        keys[i] = k
+        lo &= k
+        hi |= k
+    varying = lo ^ hi
+    if varying != 0:
+        low = 0
+        while (varying >> np.uint32(low)) & np.uint32(1) == 0:
+            low += 1
+        top = 31
+        while (varying >> np.uint32(top)) & np.uint32(1) == 0:
+            top -= 1
+        _radix3(keys, work, low, (top - low) // 3 + 1, False)
+    for i in range(n):
+        k = keys[i]
+        keys[i] = k ^ _SIGN32 if k & _SIGN32 else ~k
+        v[i] = np.float64(fk[i])
+    return True
 
 
 @numba.njit(cache=True)
@@ -465,7 +511,9 @@ def radix_sort(v, work):
     sign and most of the exponent: <= 33 varying bits) take :func:`_radix3`'s three fixed
     passes, ~8 us for a 35x35 stamp with its star, against ~22 us for the general loop below
     (8 bits per pass, passes whose digit is equal in all keys skipped), which takes any other
-    float64 values. numba's quicksort, whose comparisons are unpredictable branches, takes
+    float64 values. Float32-exact values of both signs (a low sky, its negative pixels) vary
+    in more bits as float64 but not as float32: they are sorted on 32-bit keys
+    (:func:`_radix_float32`), also in three passes. numba's quicksort, whose comparisons are unpredictable branches, takes
     ~70 us for the same stamps.
 
     Parameters
@@ -502,8 +550,18 @@ def radix_sort(v, work):
         while (varying >> np.uint64(top)) & np.uint64(1) == 0:
             top -= 1
         if top - low < 33:
-            _radix3(keys, work[:n], low, (top - low) // 3 + 1)
+            _radix3(keys, work[:n], low, (top - low) // 3 + 1, True)
             return
+        # Wider: float32-exact values of both signs still take three passes, on 32-bit keys.
+        for i in range(n):
+            k = keys[i]
+            keys[i] = k ^ _SIGN if k & _SIGN else ~k
+        w32 = work[:n].view(np.uint32)
+        if _radix_float32(v, w32[:n], w32[n:]):
+            return
+        for i in range(n):
+            k = keys[i]
+            keys[i] = ~k if k & _SIGN else k | _SIGN
         passes = (top - low) // 8 + 1
     cnt = np.empty(256, np.int64)
     src = keys
