@@ -65,8 +65,8 @@ MASK_NEAR_BAD = 8     # within `grow` px of a bad pixel
 MASK_OUTSIDE = 128    # window pixel lies outside the image (never written to disk)
 
 
-# fdlibm's asin (e_asin.c, Sun Microsystems 1993): rational approximation of
-# (asin(t) - t) / t**3 in t**2 on |t| < 0.5, and asin(t) = pi/2 - 2 asin(sqrt((1 - |t|) / 2)) above.
+# fdlibm's asin (e_asin.c, Sun Microsystems 1993): (asin(t) - t) / t as a rational function of
+# t**2 on |t| < 0.5, and asin(t) = pi/2 - 2 asin(sqrt((1 - |t|) / 2)) above.
 _PIO2_HI = 1.57079632679489655800e+00
 _PIO2_LO = 6.12323399573676603587e-17
 _PS = (1.66666666666666657415e-01, -3.25565818622400915405e-01, 2.01212532134862925881e-01,
