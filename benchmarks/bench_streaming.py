@@ -240,7 +240,8 @@ def main(argv=None):
                 t["e1"].append(timed(lambda: kernel_only(frames, cal, pos, 1), 1))
                 t["e2"].append(timed(lambda: kernel_only(frames, cal, pos, 2), 1))
             med = {k: statistics.median(v) for k, v in t.items()}
-            ratio = lambda num, den: statistics.median(x / y for x, y in zip(t[num], t[den]))
+            rounds = lambda num, den: [x / y for x, y in zip(t[num], t[den])]
+            ratio = lambda num, den: statistics.median(rounds(num, den))
             ta, tb, tc, tc_job, td, tr, te1, te2 = (med[k] for k in ("a", "b", "c", "c+", "d", "read", "e1", "e2"))
             fps = lambda t: n / t
             print(f"(a) astropy open+read (floor)    {fps(ta):8.1f} frames/s")
@@ -252,8 +253,8 @@ def main(argv=None):
             print(f"    read_raw                     {fps(tr):8.1f} frames/s")
             print(f"(e) kernel only, 1 / 2 threads   {fps(te1):8.1f} / {fps(te2):.1f} frames/s")
             print(f"ratios (median over {args.repeats} rounds of the ratio within a round): "
-                  f"(c) vs (b) speed-up {ratio('b', 'c'):6.1f}x (goal >= 25x, rounds {min(x / y for x, y in zip(t['b'], t['c'])):.1f}-"
-                  f"{max(x / y for x, y in zip(t['b'], t['c'])):.1f}x); (c) time / (a) time {ratio('c', 'a'):5.2f} "
+                  f"(c) vs (b) speed-up {ratio('b', 'c'):6.1f}x (goal >= 25x, rounds {min(rounds('b', 'c')):.1f}-"
+                  f"{max(rounds('b', 'c')):.1f}x); (c) time / (a) time {ratio('c', 'a'):5.2f} "
                   f"(goal <= 1.5); (c+) vs (b) {ratio('b', 'c+'):.1f}x, (c+) / (a) {ratio('c+', 'a'):.2f}; "
                   f"(d) vs (c+) {ratio('c+', 'd'):4.2f}x; (a) vs (b) {ratio('b', 'a'):.1f}x")
             per = lambda t: 1e3 * t / n

@@ -401,6 +401,18 @@ _BYTE = np.uint64(0xFF)
 _SIGN32 = np.uint32(1) << np.uint32(31)
 
 
+@numba.njit(cache=True, inline="always")
+def _bit_span(varying):
+    """Lowest and highest set bit of a nonzero uint64 (the bits in which sort keys differ)."""
+    low = 0
+    while (varying >> np.uint64(low)) & np.uint64(1) == 0:
+        low += 1
+    top = 63
+    while (varying >> np.uint64(top)) & np.uint64(1) == 0:
+        top -= 1
+    return low, top
+
+
 @numba.njit(cache=True)
 def _radix3(keys, work, low, bits, to_float64):
     """:func:`radix_sort` of keys whose varying bits lie in ``[low, low + 3 * bits)``, ``bits <= 11``.
@@ -486,12 +498,7 @@ def _radix_float32(v, keys, work):
         hi |= k
     varying = lo ^ hi
     if varying != 0:
-        low = 0
-        while (varying >> np.uint32(low)) & np.uint32(1) == 0:
-            low += 1
-        top = 31
-        while (varying >> np.uint32(top)) & np.uint32(1) == 0:
-            top -= 1
+        low, top = _bit_span(np.uint64(varying))
         _radix3(keys, work, low, (top - low) // 3 + 1, False)
     for i in range(n):
         k = keys[i]
@@ -513,8 +520,8 @@ def radix_sort(v, work):
     (8 bits per pass, passes whose digit is equal in all keys skipped), which takes any other
     float64 values. Float32-exact values of both signs (a low sky, its negative pixels) vary
     in more bits as float64 but not as float32: they are sorted on 32-bit keys
-    (:func:`_radix_float32`), also in three passes. numba's quicksort, whose comparisons are unpredictable branches, takes
-    ~70 us for the same stamps.
+    (:func:`_radix_float32`), also in three passes. numba's quicksort, whose comparisons are
+    unpredictable branches, takes ~70 us for the same stamps.
 
     Parameters
     ----------
@@ -543,12 +550,7 @@ def radix_sort(v, work):
     else:
         # 8-bit digits from the lowest varying bit (not from byte boundaries): the ~24 varying
         # bits of float32-exact sky values then take 3 passes rather than 4.
-        low = 0
-        while (varying >> np.uint64(low)) & np.uint64(1) == 0:
-            low += 1
-        top = 63
-        while (varying >> np.uint64(top)) & np.uint64(1) == 0:
-            top -= 1
+        low, top = _bit_span(varying)
         if top - low < 33:
             _radix3(keys, work[:n], low, (top - low) // 3 + 1, True)
             return

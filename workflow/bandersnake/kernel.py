@@ -334,8 +334,8 @@ def fill_window(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, ms
 
 
 @numba.njit(cache=True)
-def fill_disc(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f, ox, oy, sci_w, msk_w,
-              xc, yc, r, q0, q1):
+def fill_disc(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, msk_f, ox, oy, sci_w, msk_w, xc, yc, r,
+              q0, q1):
     """Fill the window pixels whose centres lie within ``r`` px of ``(xc, yc)``, outside a square.
 
     For the sky annulus: values and mask bits as :func:`fill_window` computes them, but no error
@@ -793,8 +793,8 @@ def measure_frame(mode, code, raw, sci_f, err_f, msk_f, bias, dark, flat, smask,
             xc = cent_out[s, C_XC]
             yc = cent_out[s, C_YC]
             if math.hypot(round(xc) - cx, round(yc) - cy) <= M:
-                fill_disc(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, err_f, msk_f, cx - half_s,
-                          cy - half_s, sci_s, msk_s, xc, yc, r_out, q0, q1)
+                fill_disc(mode, code, raw, bias, dark, flat, smask, cpar, sci_f, msk_f, cx - half_s, cy - half_s,
+                          sci_s, msk_s, xc, yc, r_out, q0, q1)
                 _photometry_star(sci_s, err_s, msk_s, excl_s, cx - half_s, cy - half_s, s, frame_flag, ipar,
                                  fpar, radii, cent_out, buf, sums, area, var, nbad, nsatp, nnanp, noutp,
                                  phot_out, pflag)

@@ -115,17 +115,16 @@ def load_calibration(masters, instrument, grow=1):
     names = [k for k in ("bias", "flat", "dark", "bpm") if masters.get(k)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {k: pool.submit(_read_master, masters[k]) for k in names}
+    bias, bias_hdr = futures["bias"].result()     # problems reported in this order, the bias's first
+    shape = bias.shape
     read = {}
-    for k in names:             # problems reported in this order, the bias's first
-        read[k] = futures[k].result()
-        shape = read["bias"][0].shape
-        if read[k][0].shape != shape:
-            raise FrameError(masters[k], f"shape {read[k][0].shape} differs from expected {shape}")
-    bias, bias_hdr = read["bias"]
-    flat = read["flat"][0]
-    dark = read["dark"][0] if "dark" in read else np.zeros(shape, np.float32)
-    # NaN counts as bad too (NaN != 0).
-    bpm = read["bpm"][0] != 0 if "bpm" in read else np.zeros(shape, bool)
+    for k in names[1:]:
+        read[k], _ = futures[k].result()
+        if read[k].shape != shape:
+            raise FrameError(masters[k], f"shape {read[k].shape} differs from expected {shape}")
+    flat = read["flat"]
+    dark = read["dark"] if "dark" in read else np.zeros(shape, np.float32)
+    bpm = read["bpm"] != 0 if "bpm" in read else np.zeros(shape, bool)     # NaN counts as bad too
     invalid = ~np.isfinite(bias) | ~np.isfinite(dark) | ~np.isfinite(flat) | (flat <= 0)
     bad = bpm | invalid
     if invalid.any():
