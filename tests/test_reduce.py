@@ -192,6 +192,11 @@ def _header_file(path, cards, long_header=False):
     if long_header:          # several header blocks: the END card is not in the first one
         for k in range(120):
             hdr[f"PAD{k:05d}"] = (k * 0.5, "padding card")
+    # Keywords are looked up in the header's bytes: a card's text off a card's start (here in a
+    # commentary card) must not be taken, and a repeated keyword gives its first value (astropy's).
+    hdr.insert(0, ("COMMENT", "EXPTIME = 99.0"))
+    hdr.insert(1, ("", ""))      # blank card: the text above would parse as a value
+    hdr.append(("NCOMB", 8, "repeated keyword"))
     fits.PrimaryHDU(np.arange(SHAPE[0] * SHAPE[1], dtype=np.uint16).reshape(SHAPE), hdr).writeto(path)
     return path
 

@@ -345,45 +345,40 @@ _MAX_HEADER_BLOCKS = 200            # 576 000 bytes of header: beyond that, leav
 _UNCOMPRESSED = (".fits", ".fit", ".fts")
 
 
-class FastHeader(dict):
-    """The cards of a FITS header as ``{KEYWORD: value}`` (first occurrence), parsed without
-    astropy; :meth:`full` gives the ``astropy.io.fits.Header`` of the same bytes.
+class FastHeader:
+    """Values of a FITS header's cards, looked up in its bytes without astropy; :meth:`full`
+    gives the ``astropy.io.fits.Header`` of the same bytes.
 
-    Values follow the fixed format: quoted strings (``''`` is a quote, trailing blanks
-    dropped), ``T``/``F``, integers, floats (``D`` exponents). A card this parser does not
-    understand (a string continued on ``CONTINUE`` cards, complex values...) is left out, and
-    looking it up, or any ``HIERARCH`` keyword, goes to the full header, so lookups always
-    give astropy's values. Keywords are case-insensitive, as in astropy.
+    A value is parsed on first use, from the first card with that keyword and a value
+    indicator: a reader looks up ~15 keywords, and a camera's header may hold hundreds of cards
+    (parsing every card cost ~2.6 us each; 15 lookups in 76 / 283 cards now take 42 / 87 us
+    against 214 / 752). Values follow the
+    fixed format: quoted strings (``''`` is a quote, trailing blanks dropped), ``T``/``F``,
+    integers, floats (``D`` exponents). A card this parser does not understand (a string
+    continued on ``CONTINUE`` cards, complex values...), a keyword longer than 8 characters, and
+    one found only in a ``HIERARCH`` card go to the full header, so lookups always give
+    astropy's values. Keywords are case-insensitive, as in astropy.
+
+    Parameters
+    ----------
+    blob : bytes
+        The header blocks.
+    end : int, optional
+        Offset of the END card in ``blob`` (found when not given).
     """
 
-    def __init__(self, blob):
-        super().__init__()
-        self.blob = blob
+    __slots__ = ("blob", "_end", "_full", "_values", "_heads", "_first", "_hierarch")
+
+    def __init__(self, blob, end=None):
+        self.blob = bytes(blob)
+        self._end = _end_card(self.blob, 0) if end is None else end
+        if self._end < 0:
+            raise ValueError("FITS header without an END card")
         self._full = None
-        self._unparsed = set()
-        text = blob.decode("ascii", "replace")
-        prev = None
-        for k in range(0, len(text), 80):
-            card = text[k:k + 80]
-            key = card[:8].rstrip()
-            if key == "END":
-                break
-            if key == "CONTINUE" and prev is not None:
-                self._unparsed.add(prev)
-                self.pop(prev, None)
-                continue
-            prev = None
-            if key == "HIERARCH":
-                self._unparsed.add("HIERARCH")
-                continue
-            if card[8:10] != "= " or key in self or key in self._unparsed:
-                continue
-            value = _parse_value(card[10:])
-            if value is _UNPARSED:
-                self._unparsed.add(key)
-            else:
-                self[key] = value
-                prev = key if isinstance(value, str) and value.endswith("&") else None
+        self._values = {}
+        self._heads = None
+        self._first = None
+        self._hierarch = None
 
     def full(self):
         """The header as ``astropy.io.fits.Header`` (parsed once)."""
@@ -391,28 +386,66 @@ class FastHeader(dict):
             self._full = fits.Header.fromstring(self.blob.decode("ascii"))
         return self._full
 
-    def _fallback(self, key):
-        return key in self._unparsed or "HIERARCH" in self._unparsed or key.startswith("HIERARCH")
+    def _card_index(self, head):
+        """Index of the first card beginning with ``head`` (keyword and value indicator, 10 bytes), or -1."""
+        if self._first is None:
+            blob = self.blob
+            self._heads = [blob[k:k + 10] for k in range(0, self._end, 80)]
+            # Reversed, so that the first card of a repeated keyword is the one kept.
+            self._first = dict(zip(reversed(self._heads), range(len(self._heads) - 1, -1, -1)))
+        return self._first.get(head, -1)
+
+    def _in_hierarch(self, key):
+        """Whether a ``HIERARCH`` card holds ``key`` (astropy finds ``HIERARCH KEY`` as ``KEY``)."""
+        if self._hierarch is None:
+            self._hierarch = {self.blob[k * 80 + 8:k * 80 + 80].decode("ascii", "replace").split("=", 1)[0]
+                              .strip().upper()
+                              for k, head in enumerate(self._heads) if head.startswith(b"HIERARCH")}
+        return key in self._hierarch
+
+    def _lookup(self, key):
+        """Value of ``key`` (upper case), ``_MISSING`` or ``_UNPARSED`` (ask astropy)."""
+        if len(key) > 8 or not key.isascii():
+            return _UNPARSED
+        k = self._card_index(key.ljust(8).encode("ascii") + b"= ")
+        if k < 0:
+            return _UNPARSED if self._in_hierarch(key) else _MISSING
+        pos = 80 * k
+        value = _parse_value(self.blob[pos + 10:pos + 80].decode("ascii", "replace"))
+        if isinstance(value, str) and value.endswith("&") and self.blob[pos + 80:pos + 88] == b"CONTINUE":
+            return _UNPARSED
+        return value
+
+    def _value(self, key):
+        key = key.upper()
+        value = self._values.get(key, _NOT_LOOKED_UP)
+        if value is _NOT_LOOKED_UP:
+            value = self._values[key] = self._lookup(key)
+        return key, value
 
     def get(self, key, default=None):
-        key = key.upper()
-        if dict.__contains__(self, key):
-            return dict.__getitem__(self, key)
-        return self.full().get(key, default) if self._fallback(key) else default
+        key, value = self._value(key)
+        if value is _UNPARSED:
+            return self.full().get(key, default)
+        return default if value is _MISSING else value
 
     def __getitem__(self, key):
-        key = key.upper()
-        if dict.__contains__(self, key):
-            return dict.__getitem__(self, key)
-        if self._fallback(key):
+        key, value = self._value(key)
+        if value is _UNPARSED:
             return self.full()[key]
-        raise KeyError(key)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
 
     def __contains__(self, key):
-        key = key.upper()
-        return dict.__contains__(self, key) or (self._fallback(key) and key in self.full())
+        key, value = self._value(key)
+        if value is _UNPARSED:
+            return key in self.full()
+        return value is not _MISSING
 
 
+_MISSING = object()
+_NOT_LOOKED_UP = object()
 _UNPARSED = object()
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?")
 
@@ -454,8 +487,8 @@ def _parse_value(field):
 def _read_primary_fast(path, buffers=None, bytes_ok=False):
     """Read the primary image of an uncompressed FITS file without astropy's data layer.
 
-    The header blocks are read and parsed into a :class:`FastHeader` (astropy's header costs
-    ~30 us per frame, more with many cards); the data unit is read with one ``readinto`` (no
+    The header blocks are read into a :class:`FastHeader` (astropy's header costs ~30 us
+    per frame, more with many cards); the data unit is read with one ``readinto`` (no
     scaling, GIL released) into a buffer taken from ``buffers`` (a :class:`BufferPool`) when
     given. 16-bit images stay as the file's big-endian integers, which the kernel decodes pixel
     by pixel (``RAW_BE_U16``/``RAW_BE_I16``); BITPIX -32 is byte-swapped to float32. With
@@ -494,7 +527,7 @@ def _read_primary_fast(path, buffers=None, bytes_ok=False):
             end = _end_card(head, start)
         hdr_len = (end // _BLOCK + 1) * _BLOCK
         try:
-            header = FastHeader(head[:hdr_len])
+            header = FastHeader(head[:hdr_len], end)
         except ValueError:
             return None
         if header.get("SIMPLE") is not True or header.get("NAXIS") != 2 or "BLANK" in header \
@@ -545,11 +578,13 @@ def _read_primary_fast(path, buffers=None, bytes_ok=False):
 
 
 def _end_card(blob, start):
-    """Offset of the END card in header bytes (searched from card ``start``), or -1."""
-    for k in range(start, len(blob) - 79, 80):
-        if blob[k:k + 8].rstrip() == b"END":
-            return k
-    return -1
+    """Offset of the END card in header bytes (searched from offset ``start``, a card's), or -1."""
+    # bytes.find skips ahead by the needle's last byte: a needle ending in blanks, which fill a
+    # header, made it ~5x slower.
+    pos = blob.find(b"END", start)
+    while pos >= 0 and (pos % 80 or blob[pos + 3:pos + 8] != b"     "):
+        pos = blob.find(b"END", pos + 1)
+    return pos
 
 
 def _read_astropy(path, instrument):
