@@ -228,6 +228,20 @@ def test_fast_header_values_equal_astropy(tmp_path, long_header):
     np.testing.assert_array_equal(raw.byteswap() ^ np.uint16(0x8000), fits.getdata(path))
 
 
+def test_fast_header_short_hierarch_keyword_goes_to_astropy():
+    # A HIERARCH card with a short keyword ("HIERARCH GAIN = 1.7") is found by astropy as GAIN:
+    # the byte lookup misses it and must ask astropy rather than say it is missing.
+    from bandersnake.reduce import FastHeader
+    cards = ["SIMPLE  =                    T", "HIERARCH GAIN = 1.7", "HIERARCH ESO DET = 'x'",
+             "EXPTIME =                 30.0", "END"]
+    blob = "".join(c.ljust(80) for c in cards).ljust(2880).encode("ascii")
+    ref = fits.Header.fromstring(blob.decode("ascii"))
+    fast = FastHeader(blob)
+    for key in ("GAIN", "ESO DET", "EXPTIME", "MISSING", "SIMPLE"):
+        assert fast.get(key) == ref.get(key) and (key in fast) == (key in ref), key
+    assert fast.get("GAIN") == 1.7
+
+
 @pytest.mark.filterwarnings("ignore::erfa.ErfaWarning")     # dates past the leap-second table
 def test_fast_jd_equals_astropy_time():
     # The ISO DATE-OBS fast path (ERFA dtf2d) against timing.jd_mid_utc (astropy Time) over
