@@ -298,6 +298,7 @@ def aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, out_sum, out_area, out_v
     f_var = np.zeros(nap)
     f_cnt = np.zeros((5, nap), np.int64)      # pixels, bad, saturated, NaN, off the image
     r2max = r2s[nap - 1]
+    q_near = 0
     for j in range(j0, j1 + 1):
         jr = j - j0
         ay = abs((oy + j) - yc)
@@ -320,9 +321,16 @@ def aperture_sums(sci, err, msk, ox, oy, xc, yc, radii, out_sum, out_area, out_v
             e = err[j, i]
             outside = (m & MASK_OUTSIDE) != 0
             isnan = math.isnan(v)
-            q = 0
+            # First radius reaching past the pixel's nearest point (r2s[q] > near2; the largest
+            # does). It changes by a step or none from one pixel to the next: moved from the
+            # previous pixel's, rather than counted up from 0 with a trip count that varies
+            # from pixel to pixel (a mispredicted loop exit per pixel).
+            q = q_near
+            while q > 0 and r2s[q - 1] > near2:
+                q -= 1
             while r2s[q] <= near2:
                 q += 1
+            q_near = q
             # Radii cutting the pixel: exact weights.
             ic = i - i0
             x0 = xe[ic]

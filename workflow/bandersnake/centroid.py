@@ -399,23 +399,36 @@ def windowed_centroid(sci, msk, ox, oy, x0, y0, sky, sigma_w, max_iter, max_shif
     y = y0
     rad = 4.0 * sigma_w
     inv2s2 = 0.5 / (sigma_w * sigma_w)
-    # The Gaussian window is separable: exp(-(dx2 + dy2) k) = exp(-dx2 k) exp(-dy2 k), one exp
-    # per column and row instead of one per pixel (equal to ~1e-16 relative).
+    # The Gaussian window is separable: exp(-(dx2 + dy2) k) = exp(-dx2 k) exp(-dy2 k), and along
+    # the unit steps of the pixel grid exp(-(d + 1)**2 k) = exp(-d**2 k) exp(-(2d + 1) k), the
+    # ratio shrinking by exp(-2k) a step: three exp per axis and iteration instead of one per
+    # column and row (~40 a pass at 12.6 ns each); the recurrence's rounding, ~2e-14 relative
+    # over a window, moves a centroid by ~1e-14 px.
     gx = np.empty(w)
+    step = math.exp(-2.0 * inv2s2)
     for it in range(max_iter):
         i0 = max(int(math.floor(x - rad)) - ox, 0)
         i1 = min(int(math.ceil(x + rad)) - ox, w - 1)
         j0 = max(int(math.floor(y - rad)) - oy, 0)
         j1 = min(int(math.ceil(y + rad)) - oy, h - 1)
+        d = ox + i0 - x
+        g = math.exp(-d * d * inv2s2)
+        ratio = math.exp(-(2.0 * d + 1.0) * inv2s2)
         for i in range(i0, i1 + 1):
-            dx = ox + i - x
-            gx[i] = math.exp(-dx * dx * inv2s2)
+            gx[i] = g
+            g *= ratio
+            ratio *= step
+        d = oy + j0 - y
+        gy_next = math.exp(-d * d * inv2s2)
+        ratio_y = math.exp(-(2.0 * d + 1.0) * inv2s2)
         s = 0.0
         sx = 0.0
         sy = 0.0
         for j in range(j0, j1 + 1):
             dy = oy + j - y
-            gy = math.exp(-dy * dy * inv2s2)
+            gy = gy_next
+            gy_next *= ratio_y
+            ratio_y *= step
             for i in range(i0, i1 + 1):
                 v = sci[j, i]
                 if msk[j, i] & MASK_OUTSIDE or math.isnan(v):
