@@ -291,3 +291,37 @@ def test_read_raw_recycles_buffers(setup, tmp_path):
     with pytest.raises(FrameError, match="cut.fits: unreadable FITS data .truncated"):
         read_raw(cut, inst, SHAPE, pool)
     assert len(pool._free) == 1 and pool._free[0] is spare     # the failed read's buffer went back
+
+
+def test_prefetch_in_order_errors_and_the_caller_reading_when_workers_lag():
+    # prefetch yields fn(item) in item order whoever computed it; an exception is raised at its
+    # item; closing early stops the workers; and an item no worker has started is computed by
+    # the calling thread (a reader thread on a slow core must not make a night slower).
+    import threading
+    import time
+
+    from bandersnake.reduce import prefetch
+
+    main = threading.get_ident()
+    computed_by = {}
+
+    def fn(x):
+        if threading.get_ident() != main:
+            time.sleep(0.02)          # a worker on a slow core
+        computed_by[x] = threading.get_ident()
+        if x == 7:
+            raise ValueError("item 7")
+        return x * x
+
+    for workers in (0, 1, 2):
+        computed_by.clear()
+        assert list(prefetch(fn, range(7), workers=workers, depth=3)) == [x * x for x in range(7)]
+        if workers:
+            assert sum(t == main for t in computed_by.values()) >= 3, computed_by
+        with pytest.raises(ValueError, match="item 7"):
+            list(prefetch(fn, range(10), workers=workers))
+        before = threading.active_count()
+        gen = prefetch(fn, range(40), workers=workers, depth=4)
+        assert [next(gen), next(gen)] == [0, 1]
+        gen.close()
+        assert threading.active_count() <= before

@@ -21,7 +21,6 @@ import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -759,17 +758,83 @@ def write_calibrated(path, frame, sci, err, msk, cal):
 def prefetch(fn, items, workers=1, depth=4):
     """Yield ``fn(item)`` in order while up to ``depth`` later items are computed in threads.
 
-    ``fn`` should return its errors (e.g. a :class:`FrameError`) rather than raise them.
+    ``fn`` should return its errors (e.g. a :class:`FrameError`) rather than raise them (an
+    exception it raises is raised here, at its item). Items are taken in order by whoever is
+    free: the ``workers`` threads work ahead, and when the item due is not done, the calling
+    thread computes the next one not started (the item due itself, or a later one) rather than
+    wait: a worker on a slow or shared core then costs little more than reading in line.
     """
-    items = iter(items)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        pending = deque(pool.submit(fn, it) for it in islice(items, depth))
-        while pending:
-            fut = pending.popleft()
-            nxt = next(items, None)
-            if nxt is not None:
-                pending.append(pool.submit(fn, nxt))
-            yield fut.result()
+    items = list(items)
+    n = len(items)
+    results = [None] * n
+    state = [0] * n                 # 0 to do, 1 being computed, 2 done
+    cond = threading.Condition()
+    shared = {"next": 0, "consumed": 0, "closed": False}
+
+    def compute(k):
+        try:
+            res = (fn(items[k]), None)
+        except BaseException as err:  # re-raised in the consumer, at item k
+            res = (None, err)
+        with cond:
+            results[k] = res
+            state[k] = 2
+            cond.notify_all()
+
+    def claim_next():
+        """Index of the next item not started, now claimed (under ``cond``), or -1."""
+        k = shared["next"]
+        if k >= n or k >= shared["consumed"] + depth:
+            return -1
+        shared["next"] = k + 1
+        state[k] = 1
+        return k
+
+    def worker():
+        while True:
+            with cond:
+                k = -1
+                while not shared["closed"] and shared["next"] < n:
+                    k = claim_next()
+                    if k >= 0:
+                        break
+                    cond.wait()
+                if k < 0:
+                    return
+            compute(k)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(max(0, workers))]
+    for t in threads:
+        t.start()
+    try:
+        for k in range(n):
+            while True:
+                with cond:
+                    if state[k] == 2:
+                        value, err = results[k]
+                        break
+                    # Item k not started, or being computed: take the next item not started
+                    # (k itself, or one after it) rather than wait.
+                    mine = claim_next()
+                    if mine < 0:
+                        while state[k] != 2:
+                            cond.wait()
+                        value, err = results[k]
+                        break
+                compute(mine)
+            with cond:
+                results[k] = None
+                shared["consumed"] = k + 1
+                cond.notify_all()
+            if err is not None:
+                raise err
+            yield value
+    finally:
+        with cond:
+            shared["closed"] = True
+            cond.notify_all()
+        for t in threads:
+            t.join()
 
 
 def reduce_frames(science_paths, masters, instrument, out_dir, threads=1, grow=1):
