@@ -402,8 +402,8 @@ def windowed_centroid(sci, msk, ox, oy, x0, y0, sky, sigma_w, max_iter, max_shif
     # The Gaussian window is separable: exp(-(dx2 + dy2) k) = exp(-dx2 k) exp(-dy2 k), and along
     # the unit steps of the pixel grid exp(-(d + 1)**2 k) = exp(-d**2 k) exp(-(2d + 1) k), the
     # ratio shrinking by exp(-2k) a step: three exp per axis and iteration instead of one per
-    # column and row (~40 a pass at 12.6 ns each); the recurrence's rounding, ~2e-14 relative
-    # over a window, moves a centroid by ~1e-14 px.
+    # column and row (~40 a pass at 12.6 ns each); the recurrence's rounding, at most 5.3e-14
+    # relative over 35 px (sigma 0.8-8 px), moved the benchmark's centroids by <= 1e-13 px.
     gx = np.empty(w)
     step = math.exp(-2.0 * inv2s2)
     for it in range(max_iter):
