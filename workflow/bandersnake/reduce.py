@@ -766,10 +766,20 @@ def prefetch(fn, items, workers=1, depth=4):
     """
     items = list(items)
     n = len(items)
-    results = [None] * n
-    state = [0] * n                 # 0 to do, 1 being computed, 2 done
+    depth = max(1, depth)
+    results = [None] * n            # (value, exception) once computed, until yielded
     cond = threading.Condition()
-    shared = {"next": 0, "consumed": 0, "closed": False}
+    claimed = 0                     # items [0, claimed) are taken by some thread
+    consumed = 0                    # items [0, consumed) are yielded
+    closed = False
+
+    def claim():
+        """Take the next item not taken, within ``depth`` of the one due (under ``cond``); -1 if none."""
+        nonlocal claimed
+        if claimed >= min(n, consumed + depth):
+            return -1
+        claimed += 1
+        return claimed - 1
 
     def compute(k):
         try:
@@ -778,28 +788,16 @@ def prefetch(fn, items, workers=1, depth=4):
             res = (None, err)
         with cond:
             results[k] = res
-            state[k] = 2
             cond.notify_all()
-
-    def claim_next():
-        """Index of the next item not started, now claimed (under ``cond``), or -1."""
-        k = shared["next"]
-        if k >= n or k >= shared["consumed"] + depth:
-            return -1
-        shared["next"] = k + 1
-        state[k] = 1
-        return k
 
     def worker():
         while True:
             with cond:
-                k = -1
-                while not shared["closed"] and shared["next"] < n:
-                    k = claim_next()
-                    if k >= 0:
-                        break
+                k = claim()
+                while k < 0 and not closed and claimed < n:
                     cond.wait()
-                if k < 0:
+                    k = claim()
+                if k < 0 or closed:
                     return
             compute(k)
 
@@ -810,28 +808,23 @@ def prefetch(fn, items, workers=1, depth=4):
         for k in range(n):
             while True:
                 with cond:
-                    if state[k] == 2:
-                        value, err = results[k]
-                        break
-                    # Item k not started, or being computed: take the next item not started
-                    # (k itself, or one after it) rather than wait.
-                    mine = claim_next()
+                    # Item k not done: take the next item not taken (k itself, or a later one)
+                    # rather than wait; with none left within depth, k is taken and waited for.
+                    mine = claim() if results[k] is None else -1
                     if mine < 0:
-                        while state[k] != 2:
+                        while results[k] is None:
                             cond.wait()
-                        value, err = results[k]
+                        (value, err), results[k] = results[k], None
+                        consumed = k + 1
+                        cond.notify_all()
                         break
                 compute(mine)
-            with cond:
-                results[k] = None
-                shared["consumed"] = k + 1
-                cond.notify_all()
             if err is not None:
                 raise err
             yield value
     finally:
         with cond:
-            shared["closed"] = True
+            closed = True
             cond.notify_all()
         for t in threads:
             t.join()
