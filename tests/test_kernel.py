@@ -3,16 +3,16 @@ import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import logging
 import shutil
-import warnings
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.io import fits
 from astropy.table import Table
-from astropy.units import UnitsWarning
 
 from _streaming_synth import expected_fluxes, synth_instrument, write_masters, write_raw_frames
 from bandersnake import kernel as K
+from bandersnake.fitsio import read_table
 from bandersnake.photometry import CoreSettings, centroid_and_photometry_from_reduced, run_streaming
 from bandersnake.reduce import load_calibration, reduce_frames
 from bandersnake.targets import TargetEntry
@@ -26,9 +26,7 @@ SETTINGS = {"centroid_settings": {"boxsize": 12, "reacquire_radius": 35},
 
 
 def read(path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnitsWarning)   # 'electron' is not a FITS-standard unit
-        return Table.read(path, mask_invalid=False)
+    return read_table(path, mask_invalid=False)
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +85,10 @@ def test_columns_units_and_headers(night):
         assert units["flux"] == "electron" and units["xc"] == "pix" and units["BJD_TDB"] == "d"
         assert hdr["APERRAD"] == 5.0 and hdr["SKYRIN"] == 12 and hdr["SKYROUT"] == 18
         assert hdr["PIXCONV"].startswith("0-based")
+    p = read(night["out_s"] / "photometry" / "photometry_aper5.fits")
+    assert p["flux"].unit == u.electron and p["sky"].unit == u.electron / u.pix and p["xc"].unit == u.pix
     c = read(night["out_s"] / "centroiding" / "centroids.fits")
-    assert c["xc"].shape == (8, 5)
+    assert c["xc"].shape == (8, 5) and c["peak_value"].unit == u.electron
     for col in ("x_width", "y_width", "peak_x", "peak_y", "peak_value", "n_pixels_above", "sig3_pixels",
                 "sig5_pixels", "sig10_pixels", "flag", "airmass", "exptime"):
         assert col in c.colnames

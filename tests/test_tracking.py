@@ -12,16 +12,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import logging
-import warnings
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
-from astropy.units import UnitsWarning
 
 from _streaming_synth import synth_instrument, write_masters, write_raw_frames
 from bandersnake import kernel as K
+from bandersnake.fitsio import read_table
 from bandersnake.photometry import centroid_and_photometry_from_reduced, run_streaming
 from bandersnake.reduce import reduce_frames
 from bandersnake.targets import TargetEntry
@@ -31,9 +30,7 @@ XO1_RAW = SHARED_DATA / "xo1b_arcsat_20250602" / "raw"
 
 
 def read(path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnitsWarning)   # 'electron' is not a FITS-standard unit
-        return Table.read(path, mask_invalid=False)
+    return read_table(path, mask_invalid=False)
 
 
 def settings(factor, boxsize=12):

@@ -13,9 +13,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from astropy import units as u
 from astropy.io import fits
-from astropy.utils.exceptions import AstropyUserWarning
 from astropy.io.fits.verify import VerifyWarning
+from astropy.table import Table
+from astropy.utils.exceptions import AstropyUserWarning
 
 from .errors import FrameError
 from .staging import local_path
@@ -113,6 +115,36 @@ def read_image(path, extension=0, expected_shape=None, dtype=np.float32):
     if not np.isfinite(data).any():
         raise FrameError(path, "image has no finite pixel")
     return data, header
+
+
+def read_table(path, hdu=1, **kwargs):
+    """Read a FITS table product (centroids, photometry, precision metrics) with its units.
+
+    The products state electrons as ``TUNITn = 'electron'`` (``'electron/pix'`` for sky
+    levels), as astropy's ``CCDData`` writes them; the FITS standard's list of units has no
+    electron, so ``Table.read`` warns and leaves those columns with an ``UnrecognizedUnit``.
+    Here such units are parsed as astropy's generic unit format does:
+    ``read_table(p)["flux"].unit == u.electron``.
+
+    Parameters
+    ----------
+    path : str or Path
+    hdu : int or str
+        Table extension (number or EXTNAME).
+    **kwargs
+        Passed to ``astropy.table.Table.read`` (e.g. ``mask_invalid=False``).
+
+    Returns
+    -------
+    astropy.table.Table
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)
+        table = Table.read(path, hdu=hdu, unit_parse_strict="silent", **kwargs)
+    for col in table.itercols():
+        if isinstance(col.unit, u.UnrecognizedUnit):
+            col.unit = u.Unit(col.unit.to_string(), parse_strict="silent")
+    return table
 
 
 @contextlib.contextmanager

@@ -408,20 +408,14 @@ def write_precision_products(out_dir, tables, results, best, criterion, params, 
 
 def read_precision_metrics(path):
     """Read ``precision_metrics.fits`` as an astropy Table (raises MissingProductError if absent)."""
-    import warnings
-
-    from astropy.table import Table
-    from astropy.units import UnitsWarning
-
+    from ..fitsio import read_table
     from .io import MissingProductError, ProductError
 
     path = Path(path)
     if not path.exists():
         raise MissingProductError(path, "differential")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UnitsWarning)  # 'electron' is not a FITS-standard unit string
-            table = Table.read(path, hdu="PRECISION")
+        table = read_table(path, hdu="PRECISION")
     except Exception as err:
         raise ProductError(path, f"unreadable precision metrics ({type(err).__name__}: {err})") from None
     table.meta["path"] = str(path)
