@@ -138,9 +138,7 @@ def read_table(path, hdu=1, **kwargs):
     -------
     astropy.table.Table
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", u.UnitsWarning)
-        table = Table.read(path, hdu=hdu, unit_parse_strict="silent", **kwargs)
+    table = Table.read(path, hdu=hdu, unit_parse_strict="silent", **kwargs)
     for col in table.itercols():
         if isinstance(col.unit, u.UnrecognizedUnit):
             col.unit = u.Unit(col.unit.to_string(), parse_strict="silent")
