@@ -12,7 +12,7 @@ import numpy as np
 from astropy.io import fits
 from scipy import stats
 
-from ..fitsio import write_fits
+from ..fitsio import read_table, write_fits
 
 SECONDS_PER_DAY = 86400.0
 
@@ -408,7 +408,6 @@ def write_precision_products(out_dir, tables, results, best, criterion, params, 
 
 def read_precision_metrics(path):
     """Read ``precision_metrics.fits`` as an astropy Table (raises MissingProductError if absent)."""
-    from ..fitsio import read_table
     from .io import MissingProductError, ProductError
 
     path = Path(path)
