@@ -4,9 +4,9 @@ Times, on one synthetic ASTEP-like frame of a real Tycho-2 field (default 2048x2
 i.e. ASTEP's 4096x4096 at 0.93"/px binned 2x2 -- use ``--shape 4096 4096`` for full frames):
 
 1. calibration: full-frame (raw - bias - dark * t) / flat * gain in numpy (float32), as
-   bandersnake.reduce would, plus the ERR plane;
-2. cosmic rays: bandersnake.cosmics.detect_cosmic_rays (astroscrappy, default parameters);
-3. astrometry: bandersnake.astrometry.solve_field (our detection + hinted solve-field, index
+   bandersnake.calibration.reduce would, plus the ERR plane;
+2. cosmic rays: bandersnake.calibration.cosmics.detect_cosmic_rays (astroscrappy, default parameters);
+3. astrometry: bandersnake.astrometry.solve.solve_field (our detection + hinted solve-field, index
    series 09/10), i.e. what every frame costs with the "solve every frame" strategy.
 
 Prints the median over ``--repeat`` runs and the implied time per night for ``--frames`` frames,
@@ -26,7 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "workflow"))
 
-from bandersnake import astrometry, cosmics, tycho  # noqa: E402
+from bandersnake.astrometry import solve as astrometry  # noqa: E402
+from bandersnake.astrometry import tycho  # noqa: E402
+from bandersnake.calibration import cosmics  # noqa: E402
 
 GAIN, READ_NOISE_E, BIAS_ADU, DARK_ADU_S, EXPTIME = 1.5, 10.0, 1000.0, 0.05, 60.0
 RA0, DEC0 = 303.2, 46.0  # a Tycho-2-rich field (Cygnus)

@@ -50,7 +50,7 @@ def main(argv=None):
     from astropy.nddata import CCDData
     from astropy.stats import mad_std
 
-    from bandersnake.combine import clipped_mean, combine
+    from bandersnake.calibration.combine import clipped_mean, combine
 
     stack = make_stack(args.frames, args.size)
     clipped_mean(stack[:, :4, :4], args.clip)  # JIT compile outside the timing

@@ -25,7 +25,7 @@ import _nights  # noqa: E402
 from astropy.io import fits  # noqa: E402
 from astropy.time import Time  # noqa: E402
 from bandersnake.config import load_instrument  # noqa: E402
-from bandersnake.inventory import build_inventory, write_lists  # noqa: E402
+from bandersnake.ingest.inventory import build_inventory, write_lists  # noqa: E402
 
 CALIB = dict(bias=5, dark=5, flat=4)  # per night; flats at dusk and at dawn
 

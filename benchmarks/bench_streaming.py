@@ -6,7 +6,7 @@ BZERO, 12 Moffat stars on Gaussian noise, written to a temporary folder), in one
 (a) astropy open + read of every frame (the floor);
 (b) photutils path: read, full-frame numpy calibration, photutils exact apertures (11 radii) and
     sigma-clipped annulus statistics (ApertureStats) at the true positions;
-(c) the streaming kernel on one numba thread: bandersnake.photometry.run_streaming (reading,
+(c) the streaming kernel on one numba thread: bandersnake.photometry.drivers.run_streaming (reading,
     calibration, centroids, all apertures, masters) less its final stage (BJD_TDB and airmass of
     every frame, writing the tables), which (b) does not do either; measured within each run;
 (c+) the whole run_streaming job on one thread; (d) the whole job on two threads;
@@ -121,19 +121,19 @@ def inst(shape):
 
 
 def streaming(paths, masters, pos, shape, threads, out):
-    from bandersnake.photometry import run_streaming
-    from bandersnake.targets import TargetEntry
+    from bandersnake.photometry.drivers import run_streaming
+    from bandersnake.photometry.targets import TargetEntry
 
     run_streaming(paths, masters, inst(shape), settings(), TargetEntry("B", pos, 0), out, threads=threads)
 
 
 def kernel_only(frames, cal, pos, threads):
     """Kernel on frames already read (as read_raw leaves them): the compute part of (c)/(d)."""
-    from bandersnake import kernel as K
-    from bandersnake.photometry import CoreSettings, _FrameRunner
-    from bandersnake.targets import TargetEntry
+    from bandersnake.photometry import kernel as K
+    from bandersnake.photometry.drivers import CoreSettings, _FrameRunner
+    from bandersnake.photometry.targets import TargetEntry
 
-    from bandersnake.photometry import _Measurer
+    from bandersnake.photometry.drivers import _Measurer
 
     runner = _FrameRunner(TargetEntry("B", pos, 0), CoreSettings.from_night(settings()), cal, len(frames))
     measurer = _Measurer(runner, threads)
@@ -147,10 +147,10 @@ def kernel_only(frames, cal, pos, threads):
 
 
 class _StageTimer:
-    """Accumulates the time spent in some functions of bandersnake.photometry during a run."""
+    """Accumulates the time spent in some functions of bandersnake.photometry.drivers during a run."""
 
     def __init__(self):
-        import bandersnake.photometry as P
+        import bandersnake.photometry.drivers as P
 
         self.P = P
         self.t = {}
@@ -210,7 +210,7 @@ def main(argv=None):
     warnings.simplefilter("ignore")
     import logging
     logging.basicConfig(level=logging.ERROR)
-    from bandersnake.reduce import BufferPool, load_calibration, read_raw
+    from bandersnake.calibration.reduce import BufferPool, load_calibration, read_raw
 
     rng = np.random.default_rng(1)
     print(f"load average at start {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")

@@ -16,7 +16,7 @@ os.environ.update(
 
 from bandersnake import config as bconfig
 from bandersnake.errors import ConfigError
-from bandersnake.inventory import (
+from bandersnake.ingest.inventory import (
     dark_plan,
     exposure_times,
     exptime_tag,

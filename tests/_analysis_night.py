@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from bandersnake.config import load_instrument
-from bandersnake.simulate import simulate_night, small_config
+from bandersnake.sim.night import simulate_night, small_config
 
 from conftest import ROOT
 
@@ -27,7 +27,7 @@ def make_analysis_night(root, seed=3, transit_keys=("t0", "period", "b", "u1", "
     transit_keys : tuple of str
         Truth values given to the transit fit (names of the fit settings).
     overrides : dict
-        :class:`bandersnake.simulate.SimConfig` fields replacing ``small_config``'s.
+        :class:`bandersnake.sim.night.SimConfig` fields replacing ``small_config``'s.
 
     Returns
     -------

@@ -1,4 +1,4 @@
-"""Synthetic photometry products for the analysis tests (until bandersnake.simulate provides nights).
+"""Synthetic photometry products for the analysis tests (until bandersnake.sim.night provides nights).
 
 Writes ``photometry/photometry_aper<N>.fits`` and ``centroiding/centroids.fits`` exactly in the
 ARCHITECTURE.md format from a known model: a target with an injected limb-darkened transit,

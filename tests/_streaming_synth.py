@@ -1,6 +1,6 @@
 """Synthetic frames for the streaming-core tests and benchmark: Moffat stars on Gaussian noise.
 
-Not a simulator of a night (that is ``bandersnake.simulate``): just enough truth to check
+Not a simulator of a night (that is ``bandersnake.sim.night``): just enough truth to check
 centroids and fluxes on small arrays.
 """
 

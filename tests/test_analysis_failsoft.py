@@ -23,7 +23,7 @@ from bandersnake.analysis.precision import METRIC_COLUMNS, read_precision_metric
 from bandersnake.analysis.status import analysis_failure
 from bandersnake.batch import night_status
 from bandersnake.errors import AnalysisNotPossible
-from bandersnake.summary import night_summary
+from bandersnake.publish.summary import night_summary
 
 NIGHT, TARGET = "SYNTH_20240101", "T-1"
 

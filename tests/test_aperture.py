@@ -7,7 +7,7 @@ import pytest
 from astropy.stats import SigmaClip
 from photutils.aperture import ApertureStats, CircularAnnulus, CircularAperture, aperture_photometry
 
-from bandersnake.aperture import (MASK_BAD, aperture_sum, annulus_stats, circle_rect_overlap, pixel_weight)
+from bandersnake.photometry.aperture import (MASK_BAD, aperture_sum, annulus_stats, circle_rect_overlap, pixel_weight)
 
 # Both sides compute the overlap analytically in float64; differences are rounding (~1e-15).
 # The contract asks 1e-9 relative.
@@ -44,7 +44,7 @@ def test_asin_within_two_ulp_of_libm():
     # The overlap's angles use a vectorisable asin (fdlibm's method); libm's is the reference.
     # 2 ulp of an angle <= pi/2 moves a pixel weight by < 1e-14 px**2, far inside RTOL.
     import numba
-    from bandersnake.aperture import _asin, _p_at
+    from bandersnake.photometry.aperture import _asin, _p_at
 
     @numba.njit
     def asin_all(u):
@@ -138,7 +138,7 @@ def test_annulus_excludes_nan_bad_and_masked():
 
 def test_radix_sort_equals_numpy_sort():
     # Exact equality: sums over sorted values (sky statistics) must not change with the sort.
-    from bandersnake.aperture import radix_sort
+    from bandersnake.photometry.aperture import radix_sort
     rng = np.random.default_rng(4)
     star = rng.normal(600, 30, 1225)
     star[:40] += rng.uniform(1e3, 1e5, 40)
@@ -162,7 +162,7 @@ def test_mean_std_equals_numpy():
     # One-pass shifted sums in four lanes instead of numpy's pairwise sums: equal to the last
     # ~1e-14 (rounding of ~1e3 terms); 1e-12 leaves margin yet catches any wrong formula
     # (a biased or ddof=1 std is off by >= 4e-4 at n = 1250).
-    from bandersnake.aperture import mean_std
+    from bandersnake.photometry.aperture import mean_std
 
     rng = np.random.default_rng(6)
     for n in (1, 2, 3, 5, 17, 1250):

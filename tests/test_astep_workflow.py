@@ -18,10 +18,10 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from bandersnake import astrometry as A
+from bandersnake.astrometry import solve as A
 from bandersnake.config import load_instrument
-from bandersnake.kbmod import read_kbmod_frame
-from bandersnake.simulate import simulate_night, small_config
+from bandersnake.astrometry.kbmod import read_kbmod_frame
+from bandersnake.sim.night import simulate_night, small_config
 
 from conftest import ROOT, planned_jobs, run_snakemake, tree_checksums
 

@@ -1,4 +1,4 @@
-"""Plate solving (bandersnake.astrometry) and Tycho-2 index reading (bandersnake.tycho)."""
+"""Plate solving (bandersnake.astrometry.solve) and Tycho-2 index reading (bandersnake.astrometry.tycho)."""
 
 import re
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from bandersnake import astrometry as A
-from bandersnake import tycho
+from bandersnake.astrometry import solve as A
+from bandersnake.astrometry import tycho
 from bandersnake.errors import FrameError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "astrometry_and_misc"

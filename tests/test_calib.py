@@ -8,7 +8,7 @@ import pytest
 import yaml
 from astropy.io import fits
 
-from bandersnake.calib import (
+from bandersnake.calibration.masters import (
     Fallback,
     build_bad_pixel_map,
     build_master_bias,
@@ -450,7 +450,7 @@ def test_real_arcsat_masters(tmp_path):
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_night_masters(tmp_path_factory):
-    simulate = pytest.importorskip("bandersnake.simulate")
+    simulate = pytest.importorskip("bandersnake.sim.night")
     from astropy.table import Table
 
     from bandersnake.config import load_instrument

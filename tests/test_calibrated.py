@@ -1,4 +1,4 @@
-"""Calibrated-frame products of a night (bandersnake.calibrated): calibration + cosmic rays, the
+"""Calibrated-frame products of a night (bandersnake.calibration.frames): calibration + cosmic rays, the
 astrometry pass-through, KBMOD conversion and the summary lines, on small synthetic frames."""
 
 import os
@@ -11,11 +11,11 @@ from astropy.io import fits
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _streaming_synth import synth_instrument, write_masters, write_raw_frames  # noqa: E402
-from bandersnake import calibrated as C  # noqa: E402
-from bandersnake.cosmics import cosmic_params  # noqa: E402
+from bandersnake.calibration import frames as C  # noqa: E402
+from bandersnake.calibration.cosmics import cosmic_params  # noqa: E402
 from bandersnake.errors import BandersnakeError  # noqa: E402
-from bandersnake.reduce import reduce_frames  # noqa: E402
-from bandersnake.tycho import add_stars  # noqa: E402
+from bandersnake.calibration.reduce import reduce_frames  # noqa: E402
+from bandersnake.astrometry.tycho import add_stars  # noqa: E402
 
 SHAPE = (64, 80)
 
@@ -65,9 +65,9 @@ def test_cosmics_in_frame_protects_edge_and_saturated_stars():
     assert (res.mask & cores).sum() / cores.sum() < 0.01
     assert not (res.mask & saturated).any() and res.mask.shape == image.shape
     assert res.n_pixels == int(res.mask.sum())
-    # Why: astroscrappy on the bare frame with saturated pixels masked (bandersnake.cosmics'
+    # Why: astroscrappy on the bare frame with saturated pixels masked (bandersnake.calibration.cosmics'
     # flag_cosmics_in_calibrated) flags the edge star and the saturated star's wings.
-    from bandersnake.cosmics import detect_cosmic_rays
+    from bandersnake.calibration.cosmics import detect_cosmic_rays
 
     plain = detect_cosmic_rays(image, rn, sat, err_e=err, bad=saturated)
     assert (plain.mask & cores).sum() > 10

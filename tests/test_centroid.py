@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _streaming_synth import add_moffat  # noqa: E402
-from bandersnake.centroid import centroid_stamp, label_components, mad_clip_stats  # noqa: E402
+from bandersnake.photometry.centroid import centroid_stamp, label_components, mad_clip_stats  # noqa: E402
 
 
 def test_label_components_is_4_connected():
@@ -132,7 +132,7 @@ def _stamp_with_stars(stars, n=61, sky=100.0, noise=5.0, seed=3):
 
 
 def test_match_component_picks_the_reference_flux():
-    from bandersnake.centroid import match_component, stamp_sky
+    from bandersnake.photometry.centroid import match_component, stamp_sky
 
     # Three stars: 5e4 (the reference star), 2.5e4 (half as bright) and 1.5e5 (3x brighter);
     # a hot pixel; and a star cut by the stamp's border (same flux as the reference).
@@ -157,7 +157,7 @@ def test_match_component_picks_the_reference_flux():
 
 
 def test_consistent_with_is_a_lower_bound():
-    from bandersnake.centroid import consistent_with
+    from bandersnake.photometry.centroid import consistent_with
 
     assert consistent_with(1e5, 100, 1e5, 100, 3.0)
     assert consistent_with(1e6, 400, 1e5, 100, 3.0)            # brighter (clouds clearing): kept

@@ -9,7 +9,7 @@ import pytest
 from astropy.nddata import CCDData
 from astropy.stats import mad_std
 
-from bandersnake.combine import (
+from bandersnake.calibration.combine import (
     FRAME_WORK_BYTES_PER_PX,
     MB,
     OUTPUT_BYTES_PER_PX,

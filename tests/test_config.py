@@ -141,7 +141,7 @@ def test_night_file_overrides_instrument_settings(tmp_path):
 
 
 def test_cosmics_schema_defaults_match_package():
-    from bandersnake import cosmics
+    from bandersnake.calibration import cosmics
 
     s = validate({}, "night.schema.yaml", "test")
     # The schema documents the same defaults the package uses.

@@ -1,12 +1,12 @@
-"""Cosmic-ray detection on a simulated frame with known hits (bandersnake.cosmics)."""
+"""Cosmic-ray detection on a simulated frame with known hits (bandersnake.calibration.cosmics)."""
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
-from bandersnake import cosmics
+from bandersnake.calibration import cosmics
 from bandersnake.errors import ConfigError, FrameError
-from bandersnake.tycho import add_stars
+from bandersnake.astrometry.tycho import add_stars
 
 SHAPE = (400, 400)
 SKY_E, READ_NOISE_E = 400.0, 10.0

@@ -8,7 +8,7 @@ from astropy.io import fits
 
 from bandersnake.config import load_instrument
 from bandersnake.errors import BandersnakeError
-from bandersnake.inventory import (build_inventory, classify, make_inventory, raw_files, sun_sessions)
+from bandersnake.ingest.inventory import (build_inventory, classify, make_inventory, raw_files, sun_sessions)
 
 from conftest import ARCSAT_RAW, ROOT
 
@@ -157,7 +157,7 @@ def test_raw_files_of_several_folders(tmp_path):
 def test_exposure_groups_and_dark_plan():
     from astropy.table import Table
 
-    from bandersnake.inventory import dark_plan, exposure_times, exptime_tag, list_files_exptime
+    from bandersnake.ingest.inventory import dark_plan, exposure_times, exptime_tag, list_files_exptime
 
     rows = ([("dark", 30.0, True)] * 3 + [("dark", 29.9995, True)] + [("dark", 10.0, True)] * 2
             + [("dark", 10.0, False)] * 5 + [("science", 30.0, True), ("science", 90.0, True), ("flat", 10.0, True)])
@@ -173,7 +173,7 @@ def test_exposure_groups_and_dark_plan():
 
 
 def test_raw_fingerprint_follows_names_sizes_and_times(tmp_path):
-    from bandersnake.inventory import raw_fingerprint
+    from bandersnake.ingest.inventory import raw_fingerprint
 
     frames = [tmp_path / f"f{i}.fits" for i in range(3)]
     for f in frames:

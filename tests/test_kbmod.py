@@ -1,13 +1,13 @@
-"""KBMOD-ready output (bandersnake.kbmod): layout, round trip, mask translation, time."""
+"""KBMOD-ready output (bandersnake.astrometry.kbmod): layout, round trip, mask translation, time."""
 
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.time import Time
 
-from bandersnake import kbmod
+from bandersnake.astrometry import kbmod
 from bandersnake.errors import FrameError
-from bandersnake.tycho import add_stars, tan_wcs
+from bandersnake.astrometry.tycho import add_stars, tan_wcs
 
 SHAPE = (120, 150)
 

@@ -11,11 +11,11 @@ from astropy.io import fits
 from astropy.table import Table
 
 from _streaming_synth import expected_fluxes, synth_instrument, write_masters, write_raw_frames
-from bandersnake import kernel as K
+from bandersnake.photometry import kernel as K
 from bandersnake.fitsio import read_table
-from bandersnake.photometry import CoreSettings, centroid_and_photometry_from_reduced, run_streaming
-from bandersnake.reduce import load_calibration, reduce_frames
-from bandersnake.targets import TargetEntry
+from bandersnake.photometry.drivers import CoreSettings, centroid_and_photometry_from_reduced, run_streaming
+from bandersnake.calibration.reduce import load_calibration, reduce_frames
+from bandersnake.photometry.targets import TargetEntry
 
 SHAPE = (240, 260)
 POS = np.array([[70.3, 60.7], [150.6, 120.2], [60.1, 180.9], [200.5, 50.4], [252.0, 200.0]])
@@ -224,7 +224,7 @@ def test_settings_from_rule_params():
 
 
 def test_calibrate_full_matches_numpy(night):
-    from bandersnake.reduce import calibrate_frame, read_raw
+    from bandersnake.calibration.reduce import calibrate_frame, read_raw
 
     cal = load_calibration(night["masters"], night["inst"])
     fr = read_raw(night["raw"][0], night["inst"], cal.shape)
@@ -243,14 +243,14 @@ def test_calibrate_full_matches_numpy(night):
 
 
 # ------------------------------------------------------------------------------------------
-# Simulated night (bandersnake.simulate, small preset) against its truth.
+# Simulated night (bandersnake.sim.night, small preset) against its truth.
 
 @pytest.fixture(scope="module")
 def simnight(tmp_path_factory):
-    simulate = pytest.importorskip("bandersnake.simulate")
+    simulate = pytest.importorskip("bandersnake.sim.night")
     from bandersnake.config import load_instrument
-    from bandersnake.inventory import raw_files  # noqa: F401  (the workflow's own discovery)
-    from bandersnake.targets import resolve_target
+    from bandersnake.ingest.inventory import raw_files  # noqa: F401  (the workflow's own discovery)
+    from bandersnake.photometry.targets import resolve_target
     from pathlib import Path as _P
 
     root = tmp_path_factory.mktemp("sim")
@@ -333,7 +333,7 @@ def test_simulated_night_fluxes(simnight):
 def test_photometry_tables_bytes_equal_astropy(night, tmp_path):
     # All apertures but the first are written by patching the first file's bytes; they must
     # be the very bytes astropy writes for them.
-    from bandersnake.photometry import _FrameRunner, write_photometry_table, write_photometry_tables
+    from bandersnake.photometry.drivers import _FrameRunner, write_photometry_table, write_photometry_tables
 
     st = CoreSettings.from_night(SETTINGS)
     cal = load_calibration(night["masters"], night["inst"])
@@ -369,8 +369,8 @@ def test_windows_equal_whole_frame_photometry(tmp_path):
     calibrated frame at the same centroids. Bad pixels sit in the annulus beyond the stamp
     square, and one star is cut by the right edge, so a pixel left out of a window, or filled
     without its bad-pixel interpolation or off-image mark, changes a sky or a sum."""
-    from bandersnake.aperture import annulus_stats, aperture_sum
-    from bandersnake.reduce import calibrate_frame, read_raw
+    from bandersnake.photometry.aperture import annulus_stats, aperture_sum
+    from bandersnake.calibration.reduce import calibrate_frame, read_raw
 
     rng = np.random.default_rng(5)
     # Bad pixels 13-17 px from stars 0, 1 and 4 (annulus 12..18, stamp half-width 12), and one

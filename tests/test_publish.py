@@ -3,7 +3,7 @@
 import errno
 import os
 
-from bandersnake import publish
+from bandersnake.publish import links as publish
 
 
 def make_work(tmp_path):

@@ -10,7 +10,7 @@ from astropy.io import fits
 sys.path.insert(0, str(Path(__file__).parent))
 from _streaming_synth import synth_instrument, write_masters, write_raw_frames  # noqa: E402
 from bandersnake.errors import CalibrationMissing, FrameError  # noqa: E402
-from bandersnake.reduce import load_calibration, read_raw, reduce_frames, reduced_name  # noqa: E402
+from bandersnake.calibration.reduce import load_calibration, read_raw, reduce_frames, reduced_name  # noqa: E402
 
 SHAPE = (64, 80)
 
@@ -99,7 +99,7 @@ def _astropy_adu(path):
 @pytest.mark.parametrize("kind", ["uint16", "int16", "float32", "bscale", "gz", "blank"])
 def test_fast_reader_equals_astropy(tmp_path, kind):
     # The kernel must see the same ADU whichever reader took the frame: exact equality.
-    from bandersnake import kernel as K
+    from bandersnake.photometry import kernel as K
     rng = np.random.default_rng(3)
     data = rng.integers(0, 65536, SHAPE)
     hdr = fits.Header({"EXPTIME": 30.0, "DATE-OBS": "2025-06-02T04:00:00"})
@@ -127,13 +127,13 @@ def test_fast_reader_equals_astropy(tmp_path, kind):
     direct = {"uint16": K.RAW_BE_U16, "int16": K.RAW_BE_I16}
     assert fr.code == direct.get(kind, K.RAW_NATIVE)
     # The kernel's per-pixel decoding gives the same values as the whole-frame decoding.
-    from bandersnake.reduce import load_calibration
+    from bandersnake.calibration.reduce import load_calibration
     m = {"bias": np.zeros(SHAPE, np.float32), "dark": np.zeros(SHAPE, np.float32),
          "flat": np.ones(SHAPE, np.float32)}
     for key, arr_ in m.items():
         fits.writeto(tmp_path / f"{key}.fits", arr_)
     cal = load_calibration({k: str(tmp_path / f"{k}.fits") for k in m}, synth_instrument(SHAPE, gain=1.0))
-    from bandersnake.reduce import calibrate_frame
+    from bandersnake.calibration.reduce import calibrate_frame
     sci, _, _ = calibrate_frame(fr, cal)
     np.testing.assert_array_equal(sci, expect)     # gain 1, no bias/dark, flat 1: sci == ADU
 
@@ -149,7 +149,7 @@ def test_fast_reader_truncated(setup, tmp_path):
 
 def test_near_bad_matches_binary_dilation():
     from scipy import ndimage
-    from bandersnake.reduce import near_bad
+    from bandersnake.calibration.reduce import near_bad
     rng = np.random.default_rng(5)
     for _ in range(100):
         bad = rng.random((int(rng.integers(1, 30)), int(rng.integers(1, 30)))) < rng.uniform(0, 0.3)
@@ -172,7 +172,7 @@ def test_masters_read_directly_equal_read_image(setup):
 def test_byte_bad_pixel_map_read_directly(tmp_path):
     # A BITPIX 8 bad-pixel map takes the direct reader (no astropy data layer): same values.
     from bandersnake.fitsio import read_image
-    from bandersnake.reduce import _read_master, _read_primary_fast
+    from bandersnake.calibration.reduce import _read_master, _read_primary_fast
 
     bpm = np.zeros(SHAPE, np.uint8)
     bpm[3, 5] = 1
@@ -205,7 +205,7 @@ def _header_file(path, cards, long_header=False):
 def test_fast_header_values_equal_astropy(tmp_path, long_header):
     # FastHeader replaces astropy's header on the hot path: every value it gives (directly or
     # through its fallback to the full header) must be astropy's, exactly.
-    from bandersnake.reduce import FastHeader, _read_primary_fast
+    from bandersnake.calibration.reduce import FastHeader, _read_primary_fast
     long_text = "a long string value " * 6                      # continued on CONTINUE cards
     cards = [("EXPTIME", 30.0, "s"), ("DATE-OBS", "2025-06-02T04:00:00.125", "start"),
              ("OBJECT", "O'Brien  ", "quote inside, trailing blanks"), ("RA", "16 02 11.83", ""),
@@ -231,7 +231,7 @@ def test_fast_header_values_equal_astropy(tmp_path, long_header):
 def test_fast_header_short_hierarch_keyword_goes_to_astropy():
     # A HIERARCH card with a short keyword ("HIERARCH GAIN = 1.7") is found by astropy as GAIN:
     # the byte lookup misses it and must ask astropy rather than say it is missing.
-    from bandersnake.reduce import FastHeader
+    from bandersnake.calibration.reduce import FastHeader
     cards = ["SIMPLE  =                    T", "HIERARCH GAIN = 1.7", "HIERARCH ESO DET = 'x'",
              "EXPTIME =                 30.0", "END"]
     blob = "".join(c.ljust(80) for c in cards).ljust(2880).encode("ascii")
@@ -247,8 +247,8 @@ def test_fast_jd_equals_astropy_time():
     # The ISO DATE-OBS fast path (ERFA dtf2d) against timing.jd_mid_utc (astropy Time) over
     # many dates, a leap-second day included: equal within one ulp of a JD (4.7e-10 d = 40 us,
     # the resolution of a float64 JD; in practice they are identical).
-    from bandersnake import timing
-    from bandersnake.reduce import _jd_mid_utc
+    from bandersnake.ingest import timing
+    from bandersnake.calibration.reduce import _jd_mid_utc
     rng = np.random.default_rng(11)
     inst = synth_instrument(SHAPE)
     dates = ["2016-12-31T23:59:60.500", "2025-06-02T04:00:00", "2025-06-02T04:00:00.",
@@ -269,7 +269,7 @@ def test_fast_jd_equals_astropy_time():
 def test_read_raw_recycles_buffers(setup, tmp_path):
     # Frames read into a pool's buffers: same pixels as without, and a released buffer is
     # reused (no fresh memory per frame). A trimmed frame is a copy: its buffer goes back at once.
-    from bandersnake.reduce import BufferPool
+    from bandersnake.calibration.reduce import BufferPool
     tmp, masters, m, raw = setup
     inst = synth_instrument(SHAPE)
     pool = BufferPool()
@@ -300,7 +300,7 @@ def test_prefetch_in_order_errors_and_the_caller_reading_when_workers_lag():
     import threading
     import time
 
-    from bandersnake.reduce import prefetch
+    from bandersnake.calibration.reduce import prefetch
 
     main = threading.get_ident()
     computed_by = {}

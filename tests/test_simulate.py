@@ -20,7 +20,7 @@ from bandersnake.fitsio import read_image
 from bandersnake.sim import site as sim_site
 from bandersnake.sim.render import moffat_enclosed
 from bandersnake.sim.transit import occulted_fraction, quadratic_intensity, transit_model
-from bandersnake.simulate import (demo_config, first_frame_positions, load_instrument_file, main, plan_night,
+from bandersnake.sim.night import (demo_config, first_frame_positions, load_instrument_file, main, plan_night,
                                   scintillation_sigma, simulate_night, small_config)
 
 ROOT = Path(__file__).resolve().parents[1]

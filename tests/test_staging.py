@@ -61,7 +61,7 @@ def test_staged_reads_redirect_and_restore(tmp_path):
 
 def test_frames_to_stage_are_the_accepted_frames(tmp_path):
     from bandersnake.config import load_instrument
-    from bandersnake.inventory import build_inventory, raw_files
+    from bandersnake.ingest.inventory import build_inventory, raw_files
 
     _nights.write_config(tmp_path)
     folder = _nights.write_night(tmp_path / "raw", n_science=3)

@@ -4,7 +4,7 @@ import numpy as np
 from astropy.table import Table
 
 from bandersnake.analysis import io as F
-from bandersnake.summary import describe_table
+from bandersnake.publish.summary import describe_table
 
 
 def test_describe_table_counts_frame_flags_once_and_star_flags_per_star(tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bandersnake.errors import ConfigError
-from bandersnake.targets import load_targets, resolve_target, sanitize
+from bandersnake.photometry.targets import load_targets, resolve_target, sanitize
 
 YAML = """
 targets:

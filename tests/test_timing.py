@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from bandersnake import timing
+from bandersnake.ingest import timing
 
 ARCSAT = Path(__file__).resolve().parents[2] / "shared" / "data" / "xo1b_arcsat_20250602" / "raw"
 INST = {"keywords": {"ra": "OBJCTRA", "dec": "OBJCTDEC", "airmass": "AIRMASS", "date_obs": "DATE-OBS"},

@@ -1,6 +1,6 @@
 """Tracking star after pointing jumps: never "found" on a neighbour, a hot pixel or a faded wing.
 
-The tracker (bandersnake.kernel.track_frame) accepts the stamp's component only when it is
+The tracker (bandersnake.photometry.kernel.track_frame) accepts the stamp's component only when it is
 consistent with the tracking star's recent median flux and size; otherwise, and after a jump, the
 widened search takes the consistent component closest in flux, or the frame is flagged lost.
 Each scenario is also run with the check off (``tracking_consistency_factor: 0``, the old tracker)
@@ -19,11 +19,11 @@ from astropy.io import fits
 from astropy.table import Table
 
 from _streaming_synth import synth_instrument, write_masters, write_raw_frames
-from bandersnake import kernel as K
+from bandersnake.photometry import kernel as K
 from bandersnake.fitsio import read_table
-from bandersnake.photometry import centroid_and_photometry_from_reduced, run_streaming
-from bandersnake.reduce import reduce_frames
-from bandersnake.targets import TargetEntry
+from bandersnake.photometry.drivers import centroid_and_photometry_from_reduced, run_streaming
+from bandersnake.calibration.reduce import reduce_frames
+from bandersnake.photometry.targets import TargetEntry
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 XO1_RAW = SHARED_DATA / "xo1b_arcsat_20250602" / "raw"
@@ -40,14 +40,14 @@ def settings(factor, boxsize=12):
 
 
 # ------------------------------------------------------------------------------------------
-# Simulated night (bandersnake.simulate): after the jump a fainter neighbour sits where the
+# Simulated night (bandersnake.sim.night): after the jump a fainter neighbour sits where the
 # tracking star's stamp lands.
 
 @pytest.fixture(scope="module")
 def neighbour_night(tmp_path_factory):
-    simulate = pytest.importorskip("bandersnake.simulate")
+    simulate = pytest.importorskip("bandersnake.sim.night")
     from bandersnake.config import load_instrument
-    from bandersnake.targets import resolve_target
+    from bandersnake.photometry.targets import resolve_target
 
     root = tmp_path_factory.mktemp("neighbour")
     inst = load_instrument(str(Path(__file__).resolve().parents[1] / "config" / "instruments"), "SPIRIT2")
@@ -219,7 +219,7 @@ def test_xo1b_jump_caught_in_its_frame(tmp_path):
     if not XO1_RAW.is_dir():
         pytest.skip(f"real ARCSAT night not available at {XO1_RAW}")
     from bandersnake.config import load_instrument
-    from bandersnake.targets import resolve_target
+    from bandersnake.photometry.targets import resolve_target
     from photutils.centroids import centroid_2dg
 
     def median_of(pattern):

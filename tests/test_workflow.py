@@ -16,7 +16,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from bandersnake.config import load_instrument
-from bandersnake.simulate import simulate_night, small_config
+from bandersnake.sim.night import simulate_night, small_config
 
 from conftest import ROOT, planned_jobs, run_snakemake, tree_checksums
 

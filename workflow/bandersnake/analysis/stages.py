@@ -28,7 +28,7 @@ import numpy as np
 from astropy.io import fits
 
 from ..errors import AnalysisNotPossible
-from ..inventory import sanitize_name
+from ..ingest.inventory import sanitize_name
 from .differential import DEFAULT_SETTINGS, read_differential, run_differential
 from .exports import write_exports
 from .io import MissingProductError, ProductError

@@ -9,9 +9,9 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
-from .fitsio import write_text
-from .flags import FLAG_NAMES, FRAME_BITS
-from .inventory import read_inventory, summarize
+from ..fitsio import write_text
+from ..flags import FLAG_NAMES, FRAME_BITS
+from ..ingest.inventory import read_inventory, summarize
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def describe_analysis(differential_path):
     ``<target>: analysis OK, best aperture 5 px, ensemble of 4 comparisons, 118 frames kept`` or
     ``<target>: analysis FAILED: analysis not possible: <reason>``.
     """
-    from .analysis.status import STATUS_FAILED, failure_text
+    from ..analysis.status import STATUS_FAILED, failure_text
 
     path = Path(differential_path)
     target = path.parent.parent.name
@@ -117,7 +117,7 @@ def night_summary(night, products, out, without_positions=()):
     if analyses or fits_:
         lines += (["Light-curve analysis"] + ["  " + describe_analysis(p) for p in analyses]
                   + ["  " + describe_transit(p) for p in fits_] + [""])
-    from .calibrated import describe_products
+    from ..calibration.frames import describe_products
 
     frame_products = describe_products(products)
     if frame_products:

@@ -19,9 +19,9 @@ import numpy as np
 from astropy.io import fits
 from scipy import ndimage
 
-from ._mef import MASK_BAD, MASK_CR, MASK_SATURATED, read_calibrated
-from .errors import ConfigError, FrameError
-from .fitsio import write_fits
+from .mef import MASK_BAD, MASK_CR, MASK_SATURATED, read_calibrated
+from ..errors import ConfigError, FrameError
+from ..fitsio import write_fits
 
 log = logging.getLogger(__name__)
 

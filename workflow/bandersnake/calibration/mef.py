@@ -12,7 +12,7 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 
-from .errors import FrameError
+from ..errors import FrameError
 
 MASK_BAD, MASK_CR, MASK_SATURATED, MASK_NEIGHBOUR = 1, 2, 4, 8
 

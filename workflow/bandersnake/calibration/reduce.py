@@ -28,11 +28,11 @@ from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 
-from . import timing
-from .aperture import MASK_BAD, MASK_NEAR_BAD
-from .errors import CalibrationMissing, ConfigError, FrameError
-from .fitsio import image_hdu_index, read_image, write_fits
-from .staging import local_path
+from ..ingest import timing
+from ..photometry.aperture import MASK_BAD, MASK_NEAR_BAD
+from ..errors import CalibrationMissing, ConfigError, FrameError
+from ..fitsio import image_hdu_index, read_image, write_fits
+from ..staging import local_path
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ class BufferPool:
 
 def decode_raw(raw, code):
     """Float32 ADU of an array stored as ``code`` (``bandersnake.kernel.RAW_*``)."""
-    from .kernel import RAW_BE_I16, RAW_BE_U16
+    from ..photometry.kernel import RAW_BE_I16, RAW_BE_U16
 
     if code == RAW_BE_U16:
         return (raw.byteswap() ^ np.uint16(0x8000)).astype(np.float32)
@@ -508,7 +508,7 @@ def _read_primary_fast(path, buffers=None, bytes_ok=False):
     FrameError
         The data unit is shorter than its header says (truncated file).
     """
-    from .kernel import RAW_BE_I16, RAW_BE_U16, RAW_NATIVE
+    from ..photometry.kernel import RAW_BE_I16, RAW_BE_U16, RAW_NATIVE
 
     with open(path, "rb", buffering=0) as f:
         head = f.read(_BLOCK)
@@ -633,7 +633,7 @@ def read_raw(path, instrument, expected_shape=None, buffers=None):
         Unreadable/corrupt file, no 2-D image, wrong shape, no finite pixel, no exposure time
         or date.
     """
-    from .kernel import RAW_NATIVE
+    from ..photometry.kernel import RAW_NATIVE
 
     code = RAW_NATIVE
     buf = None
@@ -668,8 +668,8 @@ def read_raw(path, instrument, expected_shape=None, buffers=None):
 
 
 def _raw_frame(path, data, code, header, instrument, expected_shape):
-    from .calib import overscan_line_medians, section_slices
-    from .kernel import RAW_NATIVE
+    from .masters import overscan_line_medians, section_slices
+    from ..photometry.kernel import RAW_NATIVE
 
     if data is None or data.ndim != 2:
         raise FrameError(path, "no image data" if data is None else f"image is {data.ndim}-D, expected 2-D")
@@ -705,7 +705,7 @@ def calibrate_frame(frame, cal):
         e-.
     mask : 2-D uint8 array
     """
-    from .kernel import calibrate_full
+    from ..photometry.kernel import calibrate_full
 
     sci = np.empty(frame.raw.shape, np.float32)
     err = np.empty(frame.raw.shape, np.float32)

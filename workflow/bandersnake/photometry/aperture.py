@@ -36,8 +36,9 @@ def _clear_stale_numba_cache():
     mismatch their cache files are removed.
     """
     here = Path(__file__).resolve().parent  # aperture.py is imported first by the other two
-    names = ("aperture", "centroid", "kernel", "flags")   # flags: constants frozen into the kernel
-    digest = hashlib.sha256(b"".join((here / f"{n}.py").read_bytes() for n in names)).hexdigest()
+    names = ("aperture", "centroid", "kernel")
+    sources = [here / f"{n}.py" for n in names] + [here.parent / "flags.py"]  # flags: constants frozen into the kernel
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()
     dirs = [here / "__pycache__"]
     if os.environ.get("NUMBA_CACHE_DIR"):
         dirs.append(Path(os.environ["NUMBA_CACHE_DIR"]))

@@ -51,9 +51,9 @@ from astropy.utils.exceptions import AstropyUserWarning, AstropyWarning
 from astropy.wcs import WCS, FITSFixedWarning
 from scipy import ndimage
 
-from ._mef import MASK_BAD, MASK_CR, MASK_SATURATED, read_calibrated
-from .errors import ConfigError, FrameError
-from .fitsio import atomic_path, write_fits
+from ..calibration.mef import MASK_BAD, MASK_CR, MASK_SATURATED, read_calibrated
+from ..errors import ConfigError, FrameError
+from ..fitsio import atomic_path, write_fits
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from astropy.io import fits
 from astropy.time import Time, TimeDelta
 from astropy.wcs import WCS, FITSFixedWarning
 
-from ._mef import MASK_BAD, MASK_CR, MASK_NEIGHBOUR, MASK_SATURATED, read_calibrated
-from .astrometry import _wcs_cards, background_mesh, read_wcs, strip_wcs
-from .errors import FrameError
-from .fitsio import write_fits
+from ..calibration.mef import MASK_BAD, MASK_CR, MASK_NEIGHBOUR, MASK_SATURATED, read_calibrated
+from .solve import _wcs_cards, background_mesh, read_wcs, strip_wcs
+from ..errors import FrameError
+from ..fitsio import write_fits
 
 #: Our MASK bit -> LSST/KBMOD bit value.
 KBMOD_BITS = {MASK_BAD: 1, MASK_CR: 8, MASK_SATURATED: 2, MASK_NEIGHBOUR: 128}

@@ -53,10 +53,10 @@ from astropy.io import fits
 from astropy.table import Table
 
 from . import kernel as K
-from . import timing
-from .errors import FrameError
-from .fitsio import atomic_path, write_fits
-from .reduce import (BufferPool, Calibration, calibrate_frame, load_calibration, prefetch, read_raw, reduced_name,
+from ..ingest import timing
+from ..errors import FrameError
+from ..fitsio import atomic_path, write_fits
+from ..calibration.reduce import (BufferPool, Calibration, calibrate_frame, load_calibration, prefetch, read_raw, reduced_name,
                      write_calibrated, header_fields)
 from .targets import TargetEntry
 

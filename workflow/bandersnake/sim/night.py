@@ -39,12 +39,12 @@ from astropy.table import Table
 from astropy.time import Time
 from astropy.wcs import WCS
 
-from . import __version__
-from .errors import BandersnakeError, ConfigError
-from .fitsio import atomic_path, is_raw_fits_name, write_fits, write_text
-from .sim import detector as sim_detector
-from .sim import astep, maxim, render, site as sim_site
-from .sim.transit import impact_parameter, total_duration, transit_model
+from .. import __version__
+from ..errors import BandersnakeError, ConfigError
+from ..fitsio import atomic_path, is_raw_fits_name, write_fits, write_text
+from . import detector as sim_detector
+from . import astep, maxim, render, site as sim_site
+from .transit import impact_parameter, total_duration, transit_model
 
 log = logging.getLogger("bandersnake.simulate")
 
@@ -373,7 +373,7 @@ def _tycho_stars(cfg, shape, wcs, ra_deg, dec_deg, dx0, dy0):
     (target) is the star nearest the centre among the brightest tenth, star 1 (tracking) the
     brightest other star; all others are field stars.
     """
-    from . import tycho
+    from ..astrometry import tycho
 
     ny, nx = shape
     radius = 0.75 * np.hypot(nx, ny) * float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))
@@ -949,12 +949,12 @@ def _write_truth(truth_dir, plan, det, truth, frame_rows, star_rows, cr_rows):
 
 def _default_instrument_path():
     local = Path("config/instruments/SPIRIT2.yaml")
-    return local if local.exists() else Path(__file__).resolve().parents[2] / "config" / "instruments" / "SPIRIT2.yaml"
+    return local if local.exists() else Path(__file__).resolve().parents[3] / "config" / "instruments" / "SPIRIT2.yaml"
 
 
 def load_instrument_file(path):
     """Instrument dict from a YAML file (validated against the schema, defaults filled)."""
-    from .config import load_yaml, validate
+    from ..config import load_yaml, validate
 
     data = load_yaml(path)
     if not isinstance(data, dict):

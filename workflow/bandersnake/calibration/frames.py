@@ -34,10 +34,10 @@ from astropy.io import fits
 from astropy.table import Table
 
 from . import cosmics as _cosmics
-from ._mef import MASK_BAD, MASK_CR, MASK_SATURATED
-from .errors import BandersnakeError, FrameError
-from .fitsio import atomic_path, write_fits
-from .inventory import exptime_tag
+from .mef import MASK_BAD, MASK_CR, MASK_SATURATED
+from ..errors import BandersnakeError, FrameError
+from ..fitsio import atomic_path, write_fits
+from ..ingest.inventory import exptime_tag
 from .reduce import calibrate_frame, calibrated_hdul, load_calibration, read_raw, reduced_name
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def frames_from_inventory(inventory_path, paths):
     BandersnakeError
         When a path is not in the inventory (the inventory is older than the frame list).
     """
-    from .inventory import read_inventory
+    from ..ingest.inventory import read_inventory
 
     table = read_inventory(inventory_path)
     rows = {str(r["path"]): r for r in table}
@@ -346,7 +346,7 @@ def solve_night(stage_dir, out_dir, wcs_dir, summary_path, instrument, settings,
     astropy.table.Table
         The summary.
     """
-    from . import astrometry as A
+    from ..astrometry import solve as A
 
     stage_dir, out_dir, wcs_dir = Path(stage_dir), Path(out_dir), Path(wcs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -388,7 +388,7 @@ def solve_kwargs(instrument, settings):
 
 def header_hint(path, instrument):
     """Pointing hint (RA, Dec in deg) from a calibrated frame's primary header, or (None, None)."""
-    from . import astrometry as A
+    from ..astrometry import solve as A
 
     kw = instrument.get("keywords") or {}
     try:
@@ -405,7 +405,7 @@ def header_hint(path, instrument):
 
 def _solve_runs(files, wcs_dir, instrument, settings, threads):
     """Solve ``files`` in up to ``threads`` consecutive runs at once, each following its own solutions."""
-    from . import astrometry as A
+    from ..astrometry import solve as A
 
     kwargs = solve_kwargs(instrument, settings)
     follow = bool(settings.get("follow", True))
@@ -428,7 +428,7 @@ def _solve_sequence(files, wcs_dir, instrument, kwargs, follow):
     frame has solved, later frames use only the hinted steps of the retry ladder (no blind
     solve), so a cloudy frame costs two hinted attempts instead of a blind search.
     """
-    from . import astrometry as A
+    from ..astrometry import solve as A
 
     results = []
     lo0, hi0 = kwargs["scale_low"], kwargs["scale_high"]
@@ -457,7 +457,7 @@ def _solve_sequence(files, wcs_dir, instrument, kwargs, follow):
 
 def _finish_frame(stage_path, out_path, res):
     """Final product of one frame: WCS + status for a solved frame, status only otherwise."""
-    from . import astrometry as A
+    from ..astrometry import solve as A
 
     try:
         if res.solved:
@@ -520,7 +520,7 @@ def kbmod_night(cal_dir, out_dir, *, date_obs_is="start", subtract_background=Tr
     -------
     astropy.table.Table
     """
-    from .kbmod import kbmod_from_calibrated, mid_exposure_mjd
+    from ..astrometry.kbmod import kbmod_from_calibrated, mid_exposure_mjd
 
     cal_dir, out_dir = Path(cal_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

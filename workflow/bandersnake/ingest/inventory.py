@@ -21,8 +21,8 @@ from astropy.table import Table
 from astropy.time import Time
 from astropy.utils import iers
 
-from .errors import BandersnakeError, FrameError
-from .fitsio import atomic_path, is_raw_fits_name, read_header, write_text
+from ..errors import BandersnakeError, FrameError
+from ..fitsio import atomic_path, is_raw_fits_name, read_header, write_text
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def check_complete(path, header):
     """
     lower = str(path).lower()
     if lower.endswith((".gz", ".fz")):
-        from .fitsio import read_image
+        from ..fitsio import read_image
 
         read_image(path)
         return

@@ -30,9 +30,9 @@ from astropy.stats import mad_std
 from scipy import ndimage
 
 from .combine import load_stack
-from .config import load_yaml, parse_night_id
-from .errors import CalibrationMissing, ConfigError, FrameError
-from .fitsio import read_image, write_fits
+from ..config import load_yaml, parse_night_id
+from ..errors import CalibrationMissing, ConfigError, FrameError
+from ..fitsio import read_image, write_fits
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from .errors import ConfigError, FrameError
+from ..errors import ConfigError, FrameError
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from .aperture import (MASK_BAD, MASK_OUTSIDE, MASK_SATURATED, _chord, aperture_
                        clipped_stats)
 from .centroid import (CHOOSE_CENTRAL, CHOOSE_LARGEST, consistent_with, find_component, match_component,
                        refine_sigma, stamp_diagnostics, stamp_sky, windowed_centroid)
-from .flags import (FLAG_BAD_PIXEL, FLAG_CORRUPT, FLAG_LOST, FLAG_NAN, FLAG_OFF_CHIP,  # noqa: F401
+from ..flags import (FLAG_BAD_PIXEL, FLAG_CORRUPT, FLAG_LOST, FLAG_NAN, FLAG_OFF_CHIP,  # noqa: F401
                     FLAG_REACQUIRED, FLAG_SATURATED)
 
 MODE_RAW = 0

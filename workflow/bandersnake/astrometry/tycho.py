@@ -28,7 +28,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from .errors import BandersnakeError
+from ..errors import BandersnakeError
 
 DEFAULT_INDEX_DIR = Path("/usr/share/astrometry")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 _BAD_CHARS = re.compile(r"[^A-Za-z0-9+._-]")
 
