@@ -7,7 +7,7 @@ Any product by path:  snakemake --cores 4 work/SPIRIT2_20251215/calib/master_fla
 
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -15,9 +15,8 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
-validate(
-    config, os.path.join(workflow.basedir, "config", "schemas", "config.schema.yaml")
-)
+# The configuration is validated and checked in rules/common.smk (bandersnake.preflight): each
+# problem is one line naming the file and the key, before any job runs.
 
 
 include: "rules/common.smk"
@@ -42,5 +41,4 @@ if STAGING:
 rule all:
     default_target: True
     input:
-        expand(f"{RESULTS}/{{night}}", night=all_nights()),
-        PRECISION_SUMMARY,
+        default_products,

@@ -15,6 +15,7 @@ os.environ.update(
 )
 
 from bandersnake import config as bconfig
+from bandersnake import preflight
 from bandersnake.errors import ConfigError
 from bandersnake.ingest.inventory import (
     dark_plan,
@@ -40,8 +41,59 @@ def _shipped(key):
             config[key] = str(shipped)
 
 
+def _stop(problems):
+    """Stop before any job runs: the problems, one line each, no traceback."""
+    sys.exit(preflight.format_problems(problems))
+
+
+# Checked before anything else: one line per problem naming the file and the key (a schema
+# error from snakemake's validate() prints the whole schema).
+_problems = preflight.schema_problems(
+    config, "config.schema.yaml", "config (config.yaml and --config)"
+)
+if _problems:
+    _stop(_problems)
+bconfig.validate(config, "config.schema.yaml", "config")  # fills in the defaults
+
 for _key in ("instruments_dir", "nights_dir", "targets_file", "master_flats_file"):
     _shipped(_key)
+
+DEFAULT_RAW_ROOT = "demo/raw"  # config/config.yaml's: made by `snakemake simulate_demo`
+
+
+def _preflight():
+    """Problems of the configuration, and of the nights named on the command line or in
+    ``nights`` (their raw folders), found when the workflow is parsed."""
+    problems = preflight.check_workflow(config)
+    if problems:
+        return problems
+    root = config["raw_root"]
+    nights = list(config["nights"]) + preflight.requested_nights(
+        sys.argv[1:], [config["results_dir"], config["work_dir"]]
+    )
+    if nights or root != DEFAULT_RAW_ROOT:
+        missing = preflight.raw_root_problem(root, DEFAULT_RAW_ROOT)
+        if missing:
+            return [missing]
+    for night in nights:
+        inst, _ = bconfig.parse_night_id(night)
+        try:
+            layout = bconfig.instrument_layout(
+                bconfig.load_instrument(config["instruments_dir"], inst),
+                config["raw_layout"],
+            )
+        except ConfigError as err:
+            problems.append(f"night {night}: {err}")
+            continue
+        problem = preflight.check_night_raw(night, layout, root)
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+_problems = _preflight()
+if _problems:
+    _stop(_problems)
 
 WORK = config["work_dir"].rstrip("/")
 RESULTS = config["results_dir"].rstrip("/")
@@ -115,6 +167,10 @@ def night_cfg(night):
     except ConfigError as err:
         raise WorkflowError(str(err))
     phot = settings["photometry_settings"]
+    # Also the instrument file's night_settings (the per-night files were checked at parse time).
+    problems = preflight.photometry_problems(phot, f"settings of night {night}")
+    if problems:
+        raise WorkflowError("\n".join(problems))
     if (phot["aper_min"], phot["aper_max"]) != (PHOT["aper_min"], PHOT["aper_max"]):
         raise WorkflowError(
             f"night {night}: aper_min/aper_max differ from night_defaults; the aperture "
@@ -197,6 +253,19 @@ def raw_dir(night):
     return bconfig.raw_night_dirs(instrument_layout(inst), config["raw_root"], night)
 
 
+def require_raw_dir(night):
+    """Raw folders of a night; none is an error naming the folder searched."""
+    folders = raw_dir(night)
+    if not folders:
+        inst, _ = bconfig.parse_night_id(night)
+        raise WorkflowError(
+            preflight.check_night_raw(
+                night, instrument_layout(inst), config["raw_root"]
+            )
+        )
+    return folders
+
+
 def all_nights():
     """Nights built by the default target: listed in config, else discovered in the raw tree."""
     nights = config["nights"] or bconfig.discover_nights(
@@ -208,11 +277,26 @@ def all_nights():
     return [n for n in nights if not night_cfg(n)["skip"]]
 
 
+def default_products(wildcards):
+    """Input of the default target: every night published, and the precision summary."""
+    missing = preflight.raw_root_problem(config["raw_root"], DEFAULT_RAW_ROOT)
+    if missing:
+        raise WorkflowError(missing)
+    nights = all_nights()
+    if not nights:
+        searched = [f"{instrument_layout(i)} with inst={i}" for i in instruments()]
+        raise WorkflowError(
+            f"no night to build under raw_root {config['raw_root']}: no folder with files "
+            f"matches {'; '.join(searched)}"
+        )
+    return [f"{RESULTS}/{night}" for night in nights] + [PRECISION_SUMMARY]
+
+
 # ---------------------------------------------------------------- input functions
 @lru_cache(maxsize=None)
 def raw_frames(night):
     """Every raw file of the night (all its folders), as a tuple."""
-    return tuple(raw_files(raw_dir(night)))
+    return tuple(raw_files(require_raw_dir(night)))
 
 
 def raw_frames_fingerprint(wildcards):

@@ -76,7 +76,7 @@ def test_night_ids_and_discovery(tmp_path):
 def test_workflow_rejects_unknown_config_key(tmp_path):
     proc = run_snakemake(tmp_path, config={"raw_root": tmp_path, "bogus_key": 1}, extra=["-n"], check=False)
     assert proc.returncode != 0
-    assert "'bogus_key' was unexpected" in proc.stdout + proc.stderr
+    assert "bogus_key: unknown key" in proc.stdout + proc.stderr
 
 
 def test_workflow_rejects_bad_targets_file(tmp_path):
