@@ -1,6 +1,7 @@
 """Inventory: classification, timing, dusk/dawn from the Sun, and bad input contained."""
 
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def write_frame(path, imagetyp="Light Frame", exptime=30.0, date_obs="2025-06-02
     header["FILTER"] = extra.pop("flt", "z")
     for k, v in extra.items():
         header[k] = v
-    data = (np.arange(np.prod(shape)).reshape(shape) % 1000).astype(np.uint16)
+    # Different pixels in every file: identical ones are rejected as duplicates (test_vetting).
+    data = ((np.arange(np.prod(shape)).reshape(shape) + zlib.crc32(str(path).encode())) % 1000).astype(np.uint16)
     fits.PrimaryHDU(data, header).writeto(path)
     return path
 

@@ -23,6 +23,7 @@ from astropy.utils import iers
 
 from ..errors import BandersnakeError, FrameError
 from ..fitsio import atomic_path, is_raw_fits_name, read_header, write_text
+from .vetting import reject_duplicates, vet_pixels
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,19 @@ def frame_record(path, instrument, expected_shape=None):
     return row
 
 
+def _contained_record(path, instrument, expected_shape):
+    """:func:`frame_record`, with anything unexpected a rejection: one bad file never stops a night."""
+    try:
+        row = frame_record(path, instrument, expected_shape)
+    except Exception as err:  # a header astropy parses into something no check foresaw
+        # The columns of a row for a file that cannot be read at all, then this file's names.
+        row = frame_record(os.path.join(os.sep, "nonexistent-bandersnake-dir", "x.fits"), instrument)
+        row.update(path=str(path), file=Path(path).name,
+                   reason=f"unreadable header ({type(err).__name__}: {err})", accepted=False)
+    row.setdefault("data_digest", "")
+    return row
+
+
 def sun_sessions(jd_utc, site):
     """``'dusk'`` or ``'dawn'`` for each time, from the Sun's hour angle at the site.
 
@@ -235,7 +249,7 @@ def build_inventory(paths, instrument, discard_n_first_science=0):
     astropy.table.Table
     """
     shape = instrument.get("shape")
-    rows = [frame_record(p, instrument, shape) for p in paths]
+    rows = [vet_pixels(_contained_record(p, instrument, shape), instrument) for p in paths]
     if shape is None:
         # No fixed shape: the most common shape of accepted frames is the night's.
         shapes = [(r["naxis2"], r["naxis1"]) for r in rows if r["accepted"]]
@@ -246,6 +260,7 @@ def build_inventory(paths, instrument, discard_n_first_science=0):
                     r["accepted"], r["reason"] = False, f"shape {(r['naxis2'], r['naxis1'])} differs from the night's {common}"
     if not rows:
         raise BandersnakeError("no raw files to inventory")
+    reject_duplicates(rows)
     rows.sort(key=lambda r: (r["jd_mid_utc"] if np.isfinite(r["jd_mid_utc"]) else np.inf, r["file"]))
     if discard_n_first_science:
         seen = {}
