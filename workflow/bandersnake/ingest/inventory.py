@@ -19,7 +19,9 @@ from astropy import units as u
 from astropy.coordinates import EarthLocation, get_sun
 from astropy.table import Table
 from astropy.time import Time
+from astropy.io.fits.verify import VerifyWarning
 from astropy.utils import iers
+from astropy.utils.exceptions import AstropyUserWarning
 
 from ..errors import BandersnakeError, FrameError
 from ..fitsio import atomic_path, is_raw_fits_name, read_header, write_text
@@ -192,7 +194,10 @@ def frame_record(path, instrument, expected_shape=None):
 def _contained_record(path, instrument, expected_shape):
     """:func:`frame_record`, with anything unexpected a rejection: one bad file never stops a night."""
     try:
-        row = frame_record(path, instrument, expected_shape)
+        with warnings.catch_warnings():
+            # Damaged headers make astropy warn card by card; the frame's reason says it once.
+            warnings.simplefilter("ignore", (VerifyWarning, AstropyUserWarning))
+            row = frame_record(path, instrument, expected_shape)
     except Exception as err:  # a header astropy parses into something no check foresaw
         # The columns of a row for a file that cannot be read at all, then this file's names.
         row = frame_record(os.path.join(os.sep, "nonexistent-bandersnake-dir", "x.fits"), instrument)
