@@ -2,7 +2,7 @@
 
 Build a night:        snakemake --cores 16 results/SPIRIT2_20251215/
 Build every night:    snakemake --cores 16
-Any product by path:  snakemake --cores 4 work/SPIRIT2_20251215/calib/master_flat_zYJ.fits
+Any product by path:  snakemake --cores 4 work/SPIRIT2_20251215/calib/master_bias.fits
 """
 
 import os

@@ -17,6 +17,7 @@ os.environ.update(
 from bandersnake import config as bconfig
 from bandersnake import preflight
 from bandersnake.errors import ConfigError
+from bandersnake.params import Digested, DigestedList
 from bandersnake.ingest.inventory import (
     dark_plan,
     exposure_times,
@@ -149,7 +150,12 @@ def instrument_cfg(night):
     """Validated instrument dictionary of a night."""
     inst, _ = bconfig.parse_night_id(night)
     try:
-        return bconfig.load_instrument(config["instruments_dir"], inst)
+        # Recorded by Snakemake as a digest: a changed instrument file reruns the jobs using it
+        # without printing the whole file in their reason line.
+        return Digested(
+            bconfig.load_instrument(config["instruments_dir"], inst),
+            label=f"instrument {inst}",
+        )
     except ConfigError as err:
         raise WorkflowError(str(err))
 

@@ -8,7 +8,7 @@ checkpoint inventory:
     conda:
         "../envs/bandersnake.yaml"
     params:
-        frames=lambda w: list(raw_frames(w.night)),
+        frames=lambda w: DigestedList(raw_frames(w.night), label="raw files"),
         fingerprint=raw_frames_fingerprint,
         instrument=lambda w: instrument_cfg(w.night),
         run=lambda w: night_cfg(w.night)["instrument_settings"]["run"],

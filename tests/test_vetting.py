@@ -105,3 +105,15 @@ def test_pixel_problem_scaling():
     assert vetting.pixel_problem(stored, 32768.0, 1.0, 60000).startswith("saturated image (94%")
     assert vetting.pixel_problem(stored, 32768.0, 1.0, 70000) is None
     assert vetting.pixel_problem(np.full((4, 4), -32768, np.int16), 32768.0, 1.0, 60000) == "all-zero image"
+
+
+def test_oldest_twin_kept(tmp_path, maxim):
+    """A later copy with a shorter name is still the duplicate: the oldest file is kept."""
+    import os
+
+    original = _frame(tmp_path / "XO1_20250602_041000.fits", seed=1)
+    shutil.copy(original, tmp_path / "c.fits")
+    os.utime(original, ns=(1_000_000_000, 1_000_000_000))
+    r = _reasons(build_inventory(sorted(str(p) for p in tmp_path.glob("*.fits")), maxim))
+    assert r["XO1_20250602_041000.fits"] == (True, "")
+    assert r["c.fits"] == (False, "duplicate of XO1_20250602_041000.fits (same pixels)")

@@ -12,9 +12,10 @@ a frame counted twice). Here every frame the header checks accept has its pixels
   every pixel the same value (all-zero readouts included); at least
   :data:`MAX_SATURATED_FRACTION` of the pixels at or above the instrument's ``saturation_adu``;
 * duplicates (:func:`reject_duplicates`): the same pixels, or the same type, target and
-  ``DATE-OBS``; the twin kept is named in the reason. The kept one is the file with the
-  shortest name, then the first in alphabetical order (``a.fits`` rather than ``a (copy).fits``
-  or ``a.fits.gz``).
+  ``DATE-OBS``; the twin kept is named in the reason. The kept one is the oldest file
+  (modification time: a copy made later is the duplicate), then the one with the shortest name,
+  then the first in alphabetical order (``a.fits`` rather than ``a (copy).fits`` or ``a.fits.gz``
+  when ``cp -p`` kept the time).
 """
 
 import hashlib
@@ -141,12 +142,14 @@ def vet_pixels(row, instrument):
 
 
 def _keep_order(row):
-    return (len(row["file"]), row["file"], row["path"])
+    # Oldest file first (a copy made later is the duplicate), then shortest name, then alphabetical.
+    mtime = row.get("file_mtime_ns", -1)
+    return (mtime if mtime is not None and mtime >= 0 else float("inf"), len(row["file"]), row["file"], row["path"])
 
 
 def reject_duplicates(rows):
     """Reject every accepted frame that repeats another: same pixels, or same type, target and
-    ``DATE-OBS``. The reason names the twin kept (shortest file name, then alphabetical).
+    ``DATE-OBS``. The reason names the twin kept (oldest, then shortest file name, then alphabetical).
 
     Parameters
     ----------
