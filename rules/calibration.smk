@@ -90,7 +90,7 @@ rule bad_pixel_map:
         dark=work("{night}/calib/master_dark.fits"),
         flats=lambda w: [
             work(f"{w.night}/calib/master_flat_{f}.fits")
-            for f in science_filters(w.night)
+            for f in flat_filters(w.night)
         ],
     output:
         work("{night}/calib/bad_pixel_map.fits"),

@@ -139,16 +139,13 @@ def _drop_legacy_keys(data):
                 data[section].pop(key, None)
 
 
-def night_file_problems(path, instruments):
+def night_file_problems(path):
     """Name and sections of one per-night file ``nights/<YYYYMMDD>.yaml`` / ``<INST>_<YYYYMMDD>.yaml``."""
     path = Path(path)
     stem = path.stem
     if not (DATE_FILE.match(stem) or bconfig.NIGHT_ID.match(stem)):
         return [f"{path}: not a night file name (<YYYYMMDD>.yaml or <INST>_<YYYYMMDD>.yaml); it would be ignored"]
-    out = []
-    match = bconfig.NIGHT_ID.match(stem)
-    if match and instruments is not None and match["inst"] not in instruments:
-        out.append(f"{path}: no instrument {match['inst']!r} (instrument files: {', '.join(sorted(instruments)) or 'none'})")
+    out = []  # a file for an instrument without an instrument file is unused, not an error
     try:
         data = bconfig.load_yaml(path)
     except ConfigError as err:
@@ -202,7 +199,7 @@ def check_workflow(config, defaults_source="night_defaults (config.yaml, --confi
     nights_dir = Path(config["nights_dir"])
     if nights_dir.is_dir():
         for path in sorted(nights_dir.glob("*.y*ml")):
-            file_problems = night_file_problems(path, instruments)
+            file_problems = night_file_problems(path)
             problems += file_problems
             if file_problems:
                 continue

@@ -12,6 +12,7 @@ asks for the cleaned image (photometry prefers flagged pixels over interpolated 
 """
 
 import logging
+import math
 from dataclasses import dataclass
 
 import astroscrappy
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: astroscrappy parameters we accept from the config (``cosmics:`` block), with our defaults.
 #: sigclip/sigfrac/objlim/niter follow astroscrappy; psffwhm only matters for fsmode='convolve'.
+#: ``psffwhm``/``psfsize`` None: from the seeing and the instrument's plate scale
+#: (:func:`psf_settings`); ``protect_stars`` 'auto': on when the PSF is undersampled.
 DEFAULTS = {
     "sigclip": 4.5,
     "sigfrac": 0.3,
@@ -36,11 +39,75 @@ DEFAULTS = {
     "cleantype": "meanmask",
     "fsmode": "median",
     "psfmodel": "gauss",
-    "psffwhm": 2.5,
-    "psfsize": 7,
+    "psffwhm": None,
+    "psfsize": None,
     "psfbeta": 4.765,
     "grow": 0,  # ours: dilate the CR mask by this many px (0 = none)
+    "seeing_arcsec": 2.5,  # ours: typical seeing FWHM (arcsec), with the plate scale gives psffwhm
+    "protect_stars": "auto",  # ours: mask star-like peaks before astroscrappy (see star_mask)
 }
+#: Ours, not astroscrappy's: resolved here, never passed to detect_cosmics.
+OWN_KEYS = ("grow", "seeing_arcsec", "protect_stars")
+#: A PSF narrower than this (FWHM, px) is undersampled: L.A.Cosmic's Laplacian cannot tell a star
+#: core from a cosmic ray (5"/px frames: 0.75 % of the pixels flagged, every star core included),
+#: so star-like peaks are protected (``protect_stars: auto``).
+UNDERSAMPLED_FWHM_PX = 2.0
+#: astroscrappy's own defaults, used when neither the config nor a plate scale gives the PSF.
+ASTROSCRAPPY_PSF = {"psffwhm": 2.5, "psfsize": 7}
+
+
+def psf_settings(seeing_arcsec, plate_scale_arcsec_per_px):
+    """astroscrappy's PSF kernel settings for a seeing and a plate scale.
+
+    Parameters
+    ----------
+    seeing_arcsec : float
+        Seeing FWHM (arcsec).
+    plate_scale_arcsec_per_px : float
+        arcsec per pixel.
+
+    Returns
+    -------
+    dict
+        ``psffwhm`` (px, at least 0.5), ``psfsize`` (odd, 3..15 px: about three FWHM) and
+        ``undersampled`` (FWHM below :data:`UNDERSAMPLED_FWHM_PX`).
+    """
+    fwhm = max(float(seeing_arcsec) / float(plate_scale_arcsec_per_px), 0.5)
+    size = int(min(15, max(3, 2 * math.ceil(1.5 * fwhm) + 1)))
+    return {"psffwhm": round(fwhm, 3), "psfsize": size, "undersampled": fwhm < UNDERSAMPLED_FWHM_PX}
+
+
+def star_mask(image_e, read_noise_e, nsigma=3.0, min_fraction=0.05, grow=2):
+    """Pixels around star-like peaks, to keep them out of the cosmic-ray search.
+
+    A star, however undersampled, spreads light into its four neighbours on both axes (a
+    Gaussian of FWHM 1 px puts ~9 % of its flux in each); a cosmic ray is one pixel or a track
+    along one direction. A local maximum more than 5 sigma above the sky whose left+right and
+    up+down neighbour sums both exceed ``nsigma`` times their noise and ``min_fraction`` of the
+    peak is a star; it and ``grow`` px around it are returned.
+
+    Parameters
+    ----------
+    image_e : ndarray
+        Image with sky (e-).
+    read_noise_e : float
+
+    Returns
+    -------
+    ndarray of bool
+    """
+    img = np.asarray(image_e, dtype=np.float64)
+    finite = np.isfinite(img)
+    sky = float(np.median(img[finite])) if finite.any() else 0.0
+    d = np.where(finite, img - sky, 0.0)
+    sigma = math.sqrt(max(sky, 0.0) + float(read_noise_e) ** 2)
+    pad = np.pad(d, 1, mode="edge")
+    horizontal = pad[1:-1, :-2] + pad[1:-1, 2:]
+    vertical = pad[:-2, 1:-1] + pad[2:, 1:-1]
+    weaker = np.minimum(horizontal, vertical)
+    peaks = (d > 5 * sigma) & (d == ndimage.maximum_filter(d, 3))
+    stars = peaks & (weaker > nsigma * math.sqrt(2.0) * sigma) & (weaker > min_fraction * d)
+    return ndimage.binary_dilation(stars, iterations=grow) if grow and stars.any() else stars
 
 
 @dataclass
@@ -65,21 +132,41 @@ class CosmicResult:
     params: dict
 
 
-def cosmic_params(config=None):
-    """Merge a ``cosmics`` config dict onto :data:`DEFAULTS`, rejecting unknown keys.
+def cosmic_params(config=None, plate_scale_arcsec_per_px=None):
+    """Merge a ``cosmics`` config dict onto :data:`DEFAULTS`, rejecting unknown keys, and resolve
+    the PSF: ``psffwhm``/``psfsize`` left None follow ``seeing_arcsec`` and the plate scale
+    (:func:`psf_settings`); ``protect_stars: auto`` becomes True when the PSF is undersampled.
+
+    Parameters
+    ----------
+    config : dict, optional
+        The night's ``cosmics`` settings.
+    plate_scale_arcsec_per_px : float, optional
+        The instrument's; without it the PSF is astroscrappy's default (FWHM 2.5 px).
 
     Raises
     ------
     ConfigError
         For a key astroscrappy does not know (typos would otherwise be silently ignored).
     """
-    config = dict(config or {})
+    config = {k: v for k, v in dict(config or {}).items() if k != "replace_sci"}
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         raise ConfigError(f"cosmics: unknown parameter(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     params = {**DEFAULTS, **config}
     if params["sigclip"] <= 0 or params["objlim"] <= 0 or params["niter"] < 1:
         raise ConfigError(f"cosmics: sigclip, objlim must be > 0 and niter >= 1 (got {params})")
+    if plate_scale_arcsec_per_px:
+        psf = psf_settings(params["seeing_arcsec"], plate_scale_arcsec_per_px)
+    else:
+        psf = dict(ASTROSCRAPPY_PSF, undersampled=False)
+    for key in ("psffwhm", "psfsize"):
+        if params[key] is None:
+            params[key] = psf[key]
+    if params["protect_stars"] == "auto":
+        params["protect_stars"] = bool(params["psffwhm"] < UNDERSAMPLED_FWHM_PX)
+    if params["psfsize"] % 2 == 0:
+        params["psfsize"] += 1  # astroscrappy needs an odd kernel
     return params
 
 
@@ -115,13 +202,17 @@ def detect_cosmic_rays(sci_e, read_noise_e, saturation_e=np.inf, err_e=None, bad
         ignore |= np.asarray(bad, dtype=bool)
     # NaNs poison the median filters; replace them by the median and keep them masked.
     data = np.where(ignore, np.nanmedian(sci[~ignore]) if (~ignore).any() else 0.0, sci).astype(np.float32)
+    stars = None
+    if params["protect_stars"] is True:
+        stars = star_mask(data, read_noise_e) & ~ignore
+        ignore = ignore | stars
     invar = None
     if err_e is not None:
         err = np.asarray(err_e, dtype=np.float32)
         good_err = np.isfinite(err) & (err > 0)
         fill = np.median(err[good_err]) if good_err.any() else read_noise_e
         invar = np.where(good_err, err, fill).astype(np.float32) ** 2
-    kw = {k: params[k] for k in DEFAULTS if k != "grow"}
+    kw = {k: params[k] for k in DEFAULTS if k not in OWN_KEYS}
     crmask, clean = astroscrappy.detect_cosmics(
         data, inmask=ignore, invar=invar, gain=1.0, readnoise=float(read_noise_e),
         satlevel=float(saturation_e) if np.isfinite(saturation_e) else 1e30, verbose=False, **kw)

@@ -157,7 +157,12 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
     out_dir.mkdir(parents=True, exist_ok=True)
     cosmics_config = dict(cosmics_config or {})
     replace_sci = bool(cosmics_config.pop("replace_sci", False))
-    cr_params = _cosmics.cosmic_params(cosmics_config) if find_cosmics else None
+    cr_params = _cosmics.cosmic_params(cosmics_config, instrument.get("plate_scale_arcsec_per_px")) \
+        if find_cosmics else None
+    if cr_params is not None:
+        log.info("cosmic rays: PSF FWHM %.2f px (seeing %.2f\" at %.2f\"/px), kernel %d px, star cores %s",
+                 cr_params["psffwhm"], cr_params["seeing_arcsec"], instrument.get("plate_scale_arcsec_per_px") or
+                 float("nan"), cr_params["psfsize"], "protected" if cr_params["protect_stars"] else "not protected")
     darks = {float(k): v for k, v in (darks or {}).items()}
     cache = {}
     # numba's default (workqueue) threading layer aborts on concurrent parallel launches: the
@@ -304,6 +309,8 @@ def _cr_cards(res, read_noise_e, saturation_e, replace_sci):
             ("CRMETHOD", f"astroscrappy {_cosmics.astroscrappy.__version__}", "L.A.Cosmic implementation"),
             ("CRSIGCLP", p["sigclip"], "astroscrappy sigclip"), ("CRSIGFRC", p["sigfrac"], "astroscrappy sigfrac"),
             ("CROBJLIM", p["objlim"], "astroscrappy objlim"), ("CRNITER", p["niter"], "astroscrappy niter"),
+            ("CRPSFFWH", float(p["psffwhm"]), "[px] PSF FWHM (seeing / plate scale)"),
+            ("CRSTARPR", bool(p["protect_stars"]), "star-like peaks kept out of the CR search"),
             ("CRGAIN", 1.0, "gain passed to astroscrappy (SCI already in e-)"),
             ("CRRDNOIS", float(read_noise_e), "[e-] read noise passed to astroscrappy"),
             ("CRSATLEV", round(float(saturation_e), 1), "[e-] satlevel passed to astroscrappy"),
