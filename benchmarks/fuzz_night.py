@@ -75,7 +75,9 @@ def main():
         print(proc.stderr[-3000:])
     else:
         inv = Table.read(root / "results" / NIGHT / "calib" / "inventory.ecsv")
-        diff = fits.getheader(root / "results" / NIGHT / night["target"] / "photometry" / "differential.fits", 1)
+        diff_path = root / "results" / NIGHT / night["target"] / "photometry" / "differential.fits"
+        diff = fits.getheader(diff_path, 1)
+        diff["BESTAPER"] = fits.getheader(diff_path, 0).get("BESTAPER")
         print(f"published inventory: {len(inv)} rows, {int(inv['accepted'].sum())} accepted; "
               f"differential light curve: {diff.get('NAXIS2')} rows, BESTAPER {diff.get('BESTAPER')}")
     if not args.keep:
