@@ -99,6 +99,7 @@ def _output(proc):
     return proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_workflow_stops_with_every_problem_before_any_job(tmp_path):
     raw = _raw_tree(tmp_path)
     nights = tmp_path / "nights"
@@ -126,6 +127,7 @@ def test_workflow_stops_with_every_problem_before_any_job(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["raw_root", "night", "default_target"])
 def test_missing_raw_folders_named(tmp_path, case):
     raw = _raw_tree(tmp_path)
