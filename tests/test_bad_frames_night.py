@@ -57,6 +57,10 @@ def test_bad_frames_leave_the_analysis_unchanged(tmp_path):
     target = [f"results/{night['night']}/"]
     run_snakemake(tmp_path, target, config=night["config"])
     best_a, table_a, fit_a = _products(tmp_path, night["night"], night["target"])
+    # A clean night's logs (issue 17, item 8): before, night_summary.log held 90 lines of
+    # "UnitsWarning: 'electron' did not parse as fits unit".
+    logs = "".join(p.read_text() for p in (tmp_path / "work" / night["night"] / "logs").glob("*.log"))
+    assert "UnitsWarning" not in logs and "Traceback" not in logs
     science = sorted(p for p in raw.glob("*.fits") if fits.getheader(p).get("IMAGETYP", "").startswith("Light"))
     _bad_copies(raw, science[len(science) // 2])
     proc = run_snakemake(tmp_path, target, config=night["config"])
