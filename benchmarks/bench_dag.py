@@ -72,7 +72,7 @@ def make_tree(base, n_nights, n_science):
         cwd = os.getcwd()
         os.chdir(base)  # inventory paths are as found under raw_root (relative here)
         try:
-            table = build_inventory(paths, instrument)
+            table = build_inventory(paths, instrument, check_pixels=False)  # 1x1 header-only frames
             calib = Path("work") / f"{_nights.INSTRUMENT}_{date}" / "calib"
             calib.mkdir(parents=True, exist_ok=True)
             table.write(calib / "inventory.ecsv", format="ascii.ecsv", overwrite=True)

@@ -236,7 +236,7 @@ def sun_sessions(jd_utc, site):
     return out
 
 
-def build_inventory(paths, instrument, discard_n_first_science=0):
+def build_inventory(paths, instrument, discard_n_first_science=0, check_pixels=True):
     """Inventory table of a night's raw files.
 
     Parameters
@@ -248,13 +248,18 @@ def build_inventory(paths, instrument, discard_n_first_science=0):
     discard_n_first_science : int
         The first N accepted science frames of each target are marked rejected (bandersnatch's
         setting, for frames taken while the telescope settles).
+    check_pixels : bool
+        Read every header-accepted frame's pixels (:mod:`bandersnake.ingest.vetting`: empty,
+        NaN-filled, saturated and duplicate frames). Off only for header-only test trees.
 
     Returns
     -------
     astropy.table.Table
     """
     shape = instrument.get("shape")
-    rows = [vet_pixels(_contained_record(p, instrument, shape), instrument) for p in paths]
+    rows = [_contained_record(p, instrument, shape) for p in paths]
+    if check_pixels:
+        rows = [vet_pixels(row, instrument) for row in rows]
     if shape is None:
         # No fixed shape: the most common shape of accepted frames is the night's.
         shapes = [(r["naxis2"], r["naxis1"]) for r in rows if r["accepted"]]
