@@ -145,3 +145,14 @@ def test_missing_raw_folders_named(tmp_path, case):
         expected = f"no night to build under raw_root {empty}"
     assert proc.returncode != 0
     assert expected in _output(proc), _output(proc)[-2000:]
+
+
+def test_comparisons_with_several_targets():
+    """One list serves every target: wrong only when no applicable target entry has the star."""
+    targets = {"targets": {"A": [{"start_date": "20250101", "all_star_positions": [[0, 0]] * 4, "tracking_star": 1},
+                                 {"start_date": "20250601", "all_star_positions": [[0, 0]] * 9, "tracking_star": 1}],
+                           "B": {"all_star_positions": [[0, 0]] * 6, "tracking_star": 1}}}
+    assert preflight.comparisons_problems({"comparisons": [7]}, targets, "x") == []
+    assert preflight.comparisons_problems({"comparisons": [7]}, targets, "n.yaml", date="20250602") == []
+    (problem,) = preflight.comparisons_problems({"comparisons": [7]}, targets, "n.yaml", date="20250301")
+    assert "[7]" in problem and "stars 1..5" in problem

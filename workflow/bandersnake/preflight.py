@@ -113,20 +113,38 @@ def targets_problems(targets, source):
     return out
 
 
-def comparisons_problems(analysis, targets, source):
-    """``analysis_settings.comparisons`` are star indices of every target (the schema keeps them >= 1,
-    0 being the target); an index past a target's stars was silently ignored."""
-    comps = analysis.get("comparisons")
-    if comps is None:
-        return []
+def _entries_on(targets, date=None):
+    """``(label, entry)`` of the entry of each target that applies on ``date`` (every entry when
+    ``date`` is None)."""
     out = []
-    for name, label, entry in _target_entries(targets):
-        n = len(entry["all_star_positions"])
-        bad = sorted({int(c) for c in comps if int(c) >= n})
-        if bad:
-            out.append(f"{source}: analysis_settings.comparisons: {bad} not star(s) of {label} in the "
-                       f"targets file (stars 1..{n - 1})")
+    for name, value in (targets.get("targets") or {}).items():
+        if isinstance(value, dict):
+            out.append((f"targets.{name}", value))
+            continue
+        dated = [(str(e.get("start_date")), k, e) for k, e in enumerate(value)]
+        if date is not None:
+            valid = [d for d in dated if d[0] <= str(date)]
+            dated = [max(valid)] if valid else []
+        out += [(f"targets.{name}[{k}] (start_date {d})", e) for d, k, e in dated]
     return out
+
+
+def comparisons_problems(analysis, targets, source, date=None):
+    """``analysis_settings.comparisons`` are star indices (the schema keeps them >= 1, 0 being the
+    target); an index no target has was silently ignored. With several targets the same list
+    serves all of them, so an index is wrong only when it is past the stars of every target entry
+    that applies (on ``date`` for a per-night file)."""
+    comps = analysis.get("comparisons")
+    entries = _entries_on(targets, date)
+    if not comps or not entries:
+        return []
+    most = max(len(e["all_star_positions"]) for _, e in entries)
+    bad = sorted({int(c) for c in comps if int(c) >= most})
+    if not bad:
+        return []
+    label = entries[0][0] if len(entries) == 1 else f"any of the {len(entries)} target entries"
+    return [f"{source}: analysis_settings.comparisons: {bad} not star(s) of {label} in the targets file "
+            f"(stars 1..{most - 1})"]
 
 
 def _drop_legacy_keys(data):
@@ -219,7 +237,8 @@ def check_workflow(config, defaults_source="night_defaults (config.yaml, --confi
             # Only what the file itself brings: problems inherited from night_defaults are named once.
             inherited = {p.split(": ", 1)[1] for p in problems if p.startswith(defaults_source)}
             problems += [p for p in photometry_problems(merged["photometry_settings"], str(path))
-                         + comparisons_problems(merged["analysis_settings"], targets, str(path))
+                         + comparisons_problems(merged["analysis_settings"], targets, str(path),
+                                                date=path.stem.split("_")[-1])
                          if p.split(": ", 1)[1] not in inherited]
     # nights listed in the configuration
     for night in config.get("nights") or []:
