@@ -179,3 +179,15 @@ def test_broken_table_is_a_clear_error(tmp_path):
     bad.write_bytes(b"SIMPLE  =  T" + b" " * 100)
     with pytest.raises(ProductError, match="photometry_aper5.fits: unreadable"):
         read_photometry(bad)
+
+
+def test_unreadable_frame_row_does_not_fail_the_night(tmp_path):
+    """A frame the photometry could not read keeps its row with NaN times (flag 32). Before: the
+    aperture tables' times were compared with NaN != NaN and the night failed with
+    "frames/stars (34, 4) differ from ... (34, 4)" (three bad frames + a copy mid-night)."""
+    n = make_night(tmp_path, seed=6, radii=(4, 5))
+    for path in n["phot_paths"]:
+        with fits.open(path, mode="update") as hdul:
+            hdul[1].data["BJD_TDB"][30] = np.nan
+    s = run_differential(n["phot_paths"], n["centroid_path"], n["instrument"], out_dir=tmp_path / "photometry")
+    assert s["best_aperture"] in (4.0, 5.0)

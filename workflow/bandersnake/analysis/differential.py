@@ -641,8 +641,12 @@ def load_night(phot_paths, centroid_path=None):
     tables.sort(key=lambda t: t.radius)
     first = tables[0]
     for t in tables[1:]:
-        if t.flux.shape != first.flux.shape or not np.allclose(t.bjd, first.bjd, rtol=0, atol=1e-7):
+        # equal_nan: a frame the photometry could not read keeps its row with NaN times (flag 32);
+        # NaN != NaN made every such night fail here with "(34, 4) differ from (34, 4)".
+        if t.flux.shape != first.flux.shape:
             raise ProductError(t.path, f"frames/stars {t.flux.shape} differ from {first.path} {first.flux.shape}")
+        if not np.allclose(t.bjd, first.bjd, rtol=0, atol=1e-7, equal_nan=True):
+            raise ProductError(t.path, f"frame times (BJD_TDB) differ from {first.path}")
     for t in tables:
         fill_frame_columns(t, centroids)
     return tables, centroids
