@@ -48,6 +48,8 @@ def astep_date(tmp_path_factory):
     inst_yaml.update(shape=list(SHAPE), plate_scale_arcsec_per_px=SCALE)
     # A hinted solve of these frames takes ~1 s; 10 s bounds the cloudy frame's two attempts.
     inst_yaml["night_settings"]["astrometry"]["timeout_s"] = 10
+    # The simulated seeing is 3 px FWHM at 7"/px (21"): the cosmic-ray PSF must be told so.
+    inst_yaml["night_settings"].setdefault("cosmics", {})["seeing_arcsec"] = 3.0 * SCALE
     (root / "instruments").mkdir()
     (root / "instruments" / "ASTEP.yaml").write_text(yaml.safe_dump(inst_yaml, sort_keys=False))
     instrument = load_instrument(root / "instruments", "ASTEP")
@@ -67,6 +69,8 @@ def astep_date(tmp_path_factory):
     with fits.open(science[1]) as hdul:
         hdr, pix = hdul[0].header.copy(), hdul[0].data.copy()
     hdr["EXPTIME"], hdr["DATE-OBS"] = 20.0, f"{DATE_ISO}T16:25:00.000"
+    # One pixel changed: identical pixels would make it a duplicate of the 30 s frame (rejected).
+    pix[0, 0] += 1
     fits.PrimaryHDU(pix, hdr).writeto(cams / f"{DATE_ISO}_16.25.00_SCIENCE.fits")
     # (3) A starless (cloudy) frame: bias level + sky noise only, cannot be solved, must not stop the date.
     rng = np.random.default_rng(5)
