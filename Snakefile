@@ -28,6 +28,7 @@ include: "rules/photometry.smk"
 include: "rules/calibrated.smk"
 include: "rules/astrometry.smk"
 include: "rules/kbmod.smk"
+include: "rules/stack.smk"
 include: "rules/analysis.smk"
 include: "rules/publish.smk"
 
@@ -44,3 +45,4 @@ rule all:
     input:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
         PRECISION_SUMMARY,
+        stack_nights_targets,

@@ -11,6 +11,7 @@ nothing until one is used):
 """
 
 _ENTRY = {"stack_group": ".build", "measure_stack": ".measure", "stack_nights": ".nights",
+          "stack_night_group": ".build", "group_paths": ".build",
           "select_frames": ".build", "stack_frames": ".build"}
 
 

@@ -232,3 +232,42 @@ def stack_group(paths, out_path, table_path, settings=None, instrument=None, mem
         write_frame_table(infos, table_path, meta={"n_frames": len(infos),
                                                    "n_used": sum(f.status == "ok" for f in infos)})
     return hdr
+
+
+def group_paths(cal_dir, inventory_path, target, filt):
+    """Calibrated frames of one target and filter of a night, in time order.
+
+    The night's ``calibrated_frames.ecsv`` (in ``cal_dir``) lists the frames written; the
+    inventory maps their raw frames to targets (sanitised OBJECT) and filters.
+
+    Returns
+    -------
+    list of str
+    """
+    from ..calibration.frames import CALIBRATED_TABLE, read_table
+    from ..ingest.inventory import read_inventory
+
+    cal_dir = Path(cal_dir)
+    table_path = cal_dir / CALIBRATED_TABLE
+    if not table_path.exists():
+        raise BandersnakeError(f"{cal_dir}: no {CALIBRATED_TABLE} (not a calibrated-frames folder)")
+    cal = read_table(table_path)
+    inv = read_inventory(inventory_path)
+    target_of = {str(r["path"]): str(r["target"]) for r in inv}
+    paths = []
+    for r in cal:
+        if str(r["status"]) != "ok":
+            continue
+        if target_of.get(str(r["raw"])) == target and str(r["filter"]) == filt and (cal_dir / str(r["file"])).exists():
+            paths.append(str(cal_dir / str(r["file"])))
+    return paths
+
+
+def stack_night_group(cal_dir, inventory_path, target, filt, out_path, table_path, settings=None, instrument=None,
+                      memory_mb=1024):
+    """:func:`stack_group` of the frames of ``target`` in ``filt`` of a night (rule ``stack_image``)."""
+    paths = group_paths(cal_dir, inventory_path, target, filt)
+    if not paths:
+        raise BandersnakeError(f"{cal_dir}: no calibrated frame of target {target} in filter {filt}")
+    log.info("%s %s: %d calibrated frames", target, filt, len(paths))
+    return stack_group(paths, out_path, table_path, settings, instrument, memory_mb)

@@ -259,10 +259,27 @@ def psf_photometry(data, err, mask, epsf, x, y, fwhm_px, flux_guess=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyUserWarning)
         res = phot(np.where(bad, 0.0, data), mask=bad, error=e, init_params=init)
-        stamp = np.asarray(epsf.data).shape[0] // int(np.atleast_1d(epsf.oversampling)[0])
-        resid = phot.make_residual_image(np.where(bad, 0.0, data), psf_shape=(odd(stamp), odd(stamp)))
+    stamp = np.asarray(epsf.data).shape[0] // int(np.atleast_1d(epsf.oversampling)[0])
+    resid = subtract_models(np.where(bad, 0.0, data), epsf, res["x_fit"], res["y_fit"], res["flux_fit"], stamp)
     resid = np.where(bad, np.nan, resid)
     return res, np.asarray(resid, np.float32)
+
+
+def subtract_models(data, epsf, x, y, flux, stamp_px):
+    """``data`` minus the ePSF scaled to ``flux`` at every (x, y) (px), each over a ``stamp_px`` box."""
+    out = np.array(data, dtype=np.float64)
+    ny, nx = out.shape
+    half = stamp_px // 2
+    for xi, yi, fi in zip(np.asarray(x, float), np.asarray(y, float), np.asarray(flux, float)):
+        if not (np.isfinite(xi) and np.isfinite(yi) and np.isfinite(fi)):
+            continue
+        x0, y0 = int(round(xi)), int(round(yi))
+        xa, xb, ya, yb = max(0, x0 - half), min(nx, x0 + half + 1), max(0, y0 - half), min(ny, y0 + half + 1)
+        if xa >= xb or ya >= yb:
+            continue
+        yy, xx = np.mgrid[ya:yb, xa:xb]
+        out[ya:yb, xa:xb] -= epsf.evaluate(xx.astype(float), yy.astype(float), fi, xi, yi)
+    return out
 
 
 def random_aperture_sigma(data, mask, source_mask, radius_px, n=400, seed=0):
