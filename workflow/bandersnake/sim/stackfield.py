@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from astropy.io import fits
 from astropy.table import Table
-from astropy.time import Time
+from astropy.time import Time, TimeDelta
 from astropy.wcs import WCS
 
 from . import render
@@ -167,7 +167,7 @@ def simulate_field(cfg=None, **overrides):
             length = rng.integers(1, 4)
             sci[cy, cx:cx + length] += 3000.0
             mask[cy, cx:cx + length] |= 2
-        start = t0 + i * (t + 30.0) / 86400.0
+        start = t0 + TimeDelta(i * (t + 30.0), format="sec")
         primary = fits.Header()
         primary["OBJECT"] = cfg.object_name
         primary["FILTER"] = cfg.filter_name

@@ -46,6 +46,11 @@ DEFAULTS = dict(detect_nsigma=3.0, aper_radius_fwhm=1.0, psf_min_snr=50.0, psf_m
                 background_box_px=64, n_random_apertures=400, seed=0)
 
 
+def _col(table, axis):
+    """photutils 3 renamed ``xcentroid`` to ``x_centroid``: the name this table has."""
+    return f"{axis}_centroid" if f"{axis}_centroid" in table.colnames else f"{axis}centroid"
+
+
 def odd(n):
     n = int(math.ceil(n))
     return n if n % 2 else n + 1
@@ -85,11 +90,11 @@ def detect(data, rms, mask, fwhm_px, nsigma=3.0):
     bad = ~np.isfinite(data) | ((mask & MASK_BAD) > 0)
     thr = nsigma * float(np.median(rms[~bad])) if (~bad).any() else nsigma
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyUserWarning)
+        warnings.simplefilter("ignore")            # NoDetectionsWarning: an empty table is the answer
         found = DAOStarFinder(threshold=thr, fwhm=fwhm_px, exclude_border=True)(np.where(bad, 0, data), mask=bad)
     if found is None or len(found) == 0:
         return Table(names=("x", "y", "peak", "sharpness", "roundness"), dtype=("f8",) * 5)
-    return Table({"x": np.asarray(found["xcentroid"], float), "y": np.asarray(found["ycentroid"], float),
+    return Table({"x": np.asarray(found[_col(found, "x")], float), "y": np.asarray(found[_col(found, "y")], float),
                   "peak": np.asarray(found["peak"], float), "sharpness": np.asarray(found["sharpness"], float),
                   "roundness": np.asarray(found["roundness1"], float)})
 

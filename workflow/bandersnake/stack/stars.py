@@ -14,6 +14,11 @@ from astropy.utils.exceptions import AstropyUserWarning
 from ..calibration.mef import MASK_BAD, MASK_CR, MASK_SATURATED
 
 
+def _col(table, axis):
+    """photutils 3 renamed ``xcentroid`` to ``x_centroid``: the name this table has."""
+    return f"{axis}_centroid" if f"{axis}_centroid" in table.colnames else f"{axis}centroid"
+
+
 def sky_stats(image, mask=None):
     """Sigma-clipped sky level and noise of an image (its units per pixel).
 
@@ -59,12 +64,12 @@ def find_bright_stars(image, mask=None, fwhm_px=3.0, nsigma=10.0, max_stars=100,
     data = np.where(np.isfinite(image), image - sky, 0.0)
     bad = None if mask is None else (mask & (MASK_BAD | MASK_CR | MASK_SATURATED)) > 0
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", AstropyUserWarning)
+        warnings.simplefilter("ignore")            # NoDetectionsWarning: an empty table is the answer
         found = DAOStarFinder(threshold=nsigma * sigma, fwhm=fwhm_px, exclude_border=True)(data, mask=bad)
     empty = Table(names=("x", "y", "peak", "flux"), dtype=("f8",) * 4)
     if found is None or len(found) == 0:
         return empty
-    x, y = np.asarray(found["xcentroid"], float), np.asarray(found["ycentroid"], float)
+    x, y = np.asarray(found[_col(found, "x")], float), np.asarray(found[_col(found, "y")], float)
     flux, peak = np.asarray(found["flux"], float), np.asarray(found["peak"], float)
     ny, nx = image.shape
     keep = (x > edge_px) & (x < nx - 1 - edge_px) & (y > edge_px) & (y < ny - 1 - edge_px)
