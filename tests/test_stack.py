@@ -197,3 +197,21 @@ def test_frames_without_wcs_or_stars_are_left_out(tmp_path):
     assert hdr["NCOMBINE"] == 2
     assert "no WCS" in t["reason"][1] and "ASTROSTA=unsolved" in t["reason"][1]
     assert "measurable stars" in t["reason"][2]
+
+
+def test_group_without_usable_frames_gives_a_failed_product(tmp_path):
+    """No usable frame is a data condition: a product saying why, plots saying why, no exception."""
+    from astropy.io import fits
+
+    from bandersnake.stack.build import stack_group
+    from bandersnake.stack.measure import describe_stack, measure_stack
+
+    sim = simulate_field(n_frames=1, shape=(64, 64), n_stars=5, seed=6)
+    paths = write_field(sim, tmp_path)
+    with fits.open(paths[0], mode="update") as h:
+        h["SCI"].data = np.zeros_like(h["SCI"].data) + 100
+    stack_group(paths, tmp_path / "img.fits", tmp_path / "X_V_frames.ecsv")
+    h = measure_stack(tmp_path / "img.fits", tmp_path / "X_V_stk.fits", tmp_path / "e.png", tmp_path / "z.png")
+    assert h["STKSTAT"] == "FAILED" and "measurable stars" in h["STKWHY"]
+    assert (tmp_path / "e.png").exists() and (tmp_path / "z.png").exists()
+    assert "no stack" in describe_stack(tmp_path / "X_V_stk.fits")

@@ -31,6 +31,14 @@ DEFAULTS = dict(method="mean", clip_sigma=3.0, interpolation="bicubic", fieldcen
                 fwhm_guess_px=3.0, min_frames=1)
 
 
+class NoStack(BandersnakeError):
+    """The frames of a group allow no stack (none usable); ``reason`` says why."""
+
+    def __init__(self, reason):
+        self.reason = str(reason)
+        super().__init__(self.reason)
+
+
 def parse_fieldcenter(value):
     """``[ra, dec]`` in degrees or sexagesimal strings (``['10:00:00', '+20:00:00']``) -> degrees, or None."""
     if value is None:
@@ -110,9 +118,8 @@ def stack_frames(infos, out_path, settings, memory_mb=1024, header_extra=None):
     s = dict(DEFAULTS, **(settings or {}))
     ok = [f for f in infos if f.status == "ok"]
     if len(ok) < max(1, int(s["min_frames"])):
-        reasons = "; ".join(f"{Path(f.path).name}: {f.reason}" for f in infos[:5])
-        raise BandersnakeError(f"{out_path}: {len(ok)} usable frame(s) of {len(infos)} (< min_frames "
-                               f"{s['min_frames']}); {reasons}")
+        reasons = "; ".join(sorted({f.reason for f in infos if f.reason}))
+        raise NoStack(f"{len(ok)} usable frame(s) of {len(infos)} (< min_frames {s['min_frames']}): {reasons}")
     wcs, shape = output_grid(infos, s)
     log.info("stack grid %dx%d px at %.4f\"/px centred on %s", shape[1], shape[0], G.pixel_scale_arcsec(wcs),
              wcs.wcs.crval)
@@ -219,15 +226,22 @@ def write_frame_table(infos, path, meta=None):
 def stack_group(paths, out_path, table_path, settings=None, instrument=None, memory_mb=1024):
     """Select, align and stack the frames ``paths`` of one group; write the image and the frame table.
 
-    Raises
-    ------
-    BandersnakeError
-        Fewer usable frames than ``min_frames`` (the frame table is written first, with reasons).
+    Fewer usable frames than ``min_frames`` (none at all included) is a data condition: the image
+    file then holds only a primary header with ``STKSTAT = 'FAILED'`` and ``STKWHY``, and the
+    frame table gives each frame's reason; the night goes on.
     """
     s = dict(DEFAULTS, **(settings or {}))
     infos, ref = select_frames(paths, s, instrument)
     try:
         hdr = stack_frames(infos, out_path, s, memory_mb)
+    except NoStack as err:
+        # A data condition, not a software error: the night goes on with a product saying why.
+        log.warning("no stack: %s", err.reason)
+        hdr = fits.Header()
+        hdr["STKSTAT"] = ("FAILED", "no stack could be made")
+        hdr["STKWHY"] = (err.reason[:68], "why")
+        hdr["NCOMBINE"] = (0, "frames combined")
+        write_fits(fits.PrimaryHDU(header=hdr), out_path)
     finally:
         write_frame_table(infos, table_path, meta={"n_frames": len(infos),
                                                    "n_used": sum(f.status == "ok" for f in infos)})
@@ -267,7 +281,5 @@ def stack_night_group(cal_dir, inventory_path, target, filt, out_path, table_pat
                       memory_mb=1024):
     """:func:`stack_group` of the frames of ``target`` in ``filt`` of a night (rule ``stack_image``)."""
     paths = group_paths(cal_dir, inventory_path, target, filt)
-    if not paths:
-        raise BandersnakeError(f"{cal_dir}: no calibrated frame of target {target} in filter {filt}")
     log.info("%s %s: %d calibrated frames", target, filt, len(paths))
     return stack_group(paths, out_path, table_path, settings, instrument, memory_mb)

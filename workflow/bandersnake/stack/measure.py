@@ -196,6 +196,15 @@ def measure_stack(image_path, out_path, epsf_png=None, zp_png=None, psf_settings
     """
     from . import plots
 
+    primary0 = fits.getheader(image_path, 0)
+    if primary0.get("STKSTAT") == "FAILED":
+        why = str(primary0.get("STKWHY", "no usable frame"))
+        write_fits(fits.PrimaryHDU(header=primary0), out_path)
+        for png in (epsf_png, zp_png):
+            if png:
+                plots.message_plot(png, f"no stack: {why}", title)
+        log.warning("%s: no stack (%s)", out_path, why)
+        return primary0
     stack = _read_image(image_path)
     res = calibrate(stack, psf_settings, catalogue_settings)
     hdul = write_product(out_path, stack, res)
@@ -208,3 +217,25 @@ def measure_stack(image_path, out_path, epsf_png=None, zp_png=None, psf_settings
              out_path, h["NSOURCES"], h["PSFFWHM"], h["PSFNSTAR"], h["ZPTMAG"], h["ZPTMUCER"], h["NZPSTARS"],
              h["ZPCAT"], h["M5SIGMA"])
     return h
+
+
+def describe_stack(path):
+    """One night-summary line for a stack product (frames used and left out, PSF, zero point, depth)."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        h = fits.getheader(path, 0)
+    except (OSError, FileNotFoundError) as err:
+        return f"{path.name}: unreadable ({err})"
+    frames = path.with_name(path.name.replace("_stk.fits", "_frames.ecsv"))
+    left = ""
+    if frames.exists():
+        t = Table.read(frames, format="ascii.ecsv")
+        out = t[t["status"] != "ok"]
+        left = f", {len(out)} left out" + "".join(f"\n    left out {r['file']}: {r['reason']}" for r in out)
+    if h.get("STKSTAT") == "FAILED":
+        return f"{path.name}: no stack: {h.get('STKWHY')}" + "".join("\n" + x for x in left.split("\n")[1:])
+    return (f"{path.name}: {h.get('NCOMBINE')} frames ({h.get('EXPTIME')} s){left.split(chr(10))[0]}; "
+            f"FWHM {h.get('PSFFWHMA')}\"; ZP {h.get('ZPTMAG')} +- {h.get('ZPTMUCER')} from {h.get('NZPSTARS')} "
+            f"{h.get('ZPCAT')} stars; M5SIGMA {h.get('M5SIGMA')}" + "".join("\n" + x for x in left.split("\n")[1:]))

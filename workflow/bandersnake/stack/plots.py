@@ -82,3 +82,12 @@ def zeropoint_plot(res, path, title=""):
     a.set_title(title)
     fig.tight_layout()
     _save(fig, plt, path)
+
+
+def message_plot(path, message, title=""):
+    """A plot that only says why there is nothing to show (a group without a stack)."""
+    fig, (a,), plt = _figure(1, 6.5, 3.0)
+    a.text(0.5, 0.5, message[:120], ha="center", va="center", wrap=True, transform=a.transAxes)
+    a.set_axis_off()
+    a.set_title(title)
+    _save(fig, plt, path)
