@@ -97,8 +97,8 @@ def _binning(header):
         return str(header.get("CCDSUM", "1 1")).strip().replace(" ", "x")
 
 
-def read_frame_info(path, instrument=None, use_header_wcs=True, fwhm_guess_px=3.0, nsigma=10.0,
-                    max_stars=60):
+def read_frame_info(path, instrument=None, use_header_wcs=True, fwhm_guess_px=3.0, nsigma=5.0,
+                    max_stars=80):
     """Header facts and bright stars of one calibrated frame.
 
     Parameters
@@ -293,12 +293,25 @@ def align_to_reference(infos, ref_index, match_radius_px=3.0, max_align_rms_px=0
             f.reject(f"alignment: only {len(ii)} stars matched to the reference frame (< 3)")
             continue
         P, M = pred[ii], f.stars_xy[jj]
-        if affine and len(ii) >= 6:
-            A, t, used, res = _fit_affine(P, M)
-        else:
-            t = np.median(M - P, axis=0)
-            A, res = np.eye(2), M - (P + t)
-            used = np.hypot(res[:, 0], res[:, 1]) <= max(3 * np.sqrt(np.mean(res ** 2) * 2), 0.05)
+        # Shift first, robustly (median, MAD clipping): a wrong match among few stars must not
+        # pull the solution; then an affine fit on the kept pairs when there are enough of them.
+        used = np.ones(len(P), bool)
+        for _ in range(5):
+            t = np.median(M[used] - P[used], axis=0)
+            r = np.hypot(*(M - P - t).T)
+            mad = 1.4826 * np.median(np.abs(r[used] - np.median(r[used])))
+            new = r <= max(3 * (np.median(r[used]) + mad), 0.3)
+            if new.sum() < 3 or np.array_equal(new, used):
+                break
+            used = new
+        A, res = np.eye(2), M - (P + t)
+        if affine and used.sum() >= 8:
+            A, t, used_aff, res = _fit_affine(P[used], M[used])
+            full = np.zeros(len(P), bool)
+            full[np.nonzero(used)[0][used_aff]] = True
+            res_all = M - (P @ A.T + t)
+            used = full
+            res = res_all
         f.affine = (A, t)
         f.n_align = int(used.sum())
         r = res[used]
