@@ -223,6 +223,31 @@ def judge_group(infos, settings):
     return min(ok, key=lambda i: (infos[i].fwhm_px, -infos[i].n_stars))
 
 
+def _fit_similarity(pred, meas, clip=3.0, iterations=3):
+    """Shift, rotation and scale ``meas = A @ pred + t`` (A = [[a, -b], [b, a]]), sigma-clipped.
+
+    Returns as :func:`_fit_affine`.
+    """
+    used = np.ones(len(pred), bool)
+    for _ in range(iterations):
+        x, y = pred[used, 0], pred[used, 1]
+        n = used.sum()
+        G = np.zeros((2 * n, 4))
+        G[:n] = np.column_stack([x, -y, np.ones(n), np.zeros(n)])
+        G[n:] = np.column_stack([y, x, np.zeros(n), np.ones(n)])
+        rhs = np.r_[meas[used, 0], meas[used, 1]]
+        a, b, tx, ty = np.linalg.lstsq(G, rhs, rcond=None)[0]
+        A, t = np.array([[a, -b], [b, a]]), np.array([tx, ty])
+        res = meas - (pred @ A.T + t)
+        r = np.hypot(res[:, 0], res[:, 1])
+        rms = np.sqrt(np.mean(r[used] ** 2))
+        new = r <= max(clip * rms, 0.05)
+        if new.sum() < 3 or np.array_equal(new, used):
+            break
+        used = new
+    return A, t, used, res
+
+
 def _fit_affine(pred, meas, clip=3.0, iterations=3):
     """Least-squares affine map ``meas = A @ pred + t`` (N x 2 arrays), sigma-clipped.
 
@@ -305,8 +330,12 @@ def align_to_reference(infos, ref_index, match_radius_px=3.0, max_align_rms_px=0
                 break
             used = new
         A, res = np.eye(2), M - (P + t)
-        if affine and used.sum() >= 8:
-            A, t, used_aff, res = _fit_affine(P[used], M[used])
+        if affine and used.sum() >= 4:
+            # Affine (6 parameters) from 10 pairs; shift, rotation and scale (4) from 4 to 9:
+            # the acquisition software's WCSs differ in scale by ~0.2 % (ARCSAT's PinPoint), i.e.
+            # ~1 px across the chip, which a shift alone leaves in the residuals.
+            fit = _fit_affine if used.sum() >= 10 else _fit_similarity
+            A, t, used_aff, res = fit(P[used], M[used])
             full = np.zeros(len(P), bool)
             full[np.nonzero(used)[0][used_aff]] = True
             res_all = M - (P @ A.T + t)
