@@ -10,18 +10,15 @@ nothing until one is used):
 * :func:`stack_nights` (:mod:`.nights`): one target and filter over several nights.
 """
 
-_ENTRY = {"stack_group": ".build", "measure_stack": ".measure", "stack_nights": ".nights",
-          "stack_night_group": ".build", "group_paths": ".build",
-          "select_frames": ".build", "stack_frames": ".build"}
+from .._lazy import lazy_exports
 
-
-def __getattr__(name):
-    if name in _ENTRY:
-        import importlib
-
-        return getattr(importlib.import_module(_ENTRY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_ENTRY))
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "stack_group": ".build",
+    "stack_night_group": ".build",
+    "select_frames": ".build",
+    "stack_frames": ".build",
+    "group_paths": ".build",
+    "measure_stack": ".measure",
+    "describe_stack": ".measure",
+    "stack_nights": ".nights",
+})
