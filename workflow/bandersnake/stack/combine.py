@@ -1,8 +1,8 @@
 """Combination of resampled frames into a stack, block by block within a memory bound.
 
-The resampled frames (rate e-/s, variance, MASK) are spooled to float32/uint8 scratch files
-(``numpy.memmap``) one by one, then combined in blocks of rows sized so that a block of every
-frame fits ``memory_mb`` (as the masters, ``processing.combine_memory_mb``).
+The resampled frames (rate e-/s, variance, MASK) are spooled to float32/uint8 scratch files one
+by one, then combined in blocks of rows sized so that a block of every frame, with the working
+copies of the combination, fits ``memory_mb`` (as the masters, ``processing.combine_memory_mb``).
 
 Per output pixel, a frame's value is used when its resampled MASK has none of bits 1 (bad / no
 data), 2 (cosmic ray) or 4 (saturated). Methods:
@@ -33,8 +33,9 @@ from ..errors import BandersnakeError
 
 MB = 1024 * 1024
 EXCLUDE = MASK_BAD | MASK_CR | MASK_SATURATED
-# Per pixel and frame in a block: the float32 value, variance and their working copies, the mask.
-_BYTES_PER_PX_FRAME = 4 * 6 + 2
+# Per pixel and frame in a block: value, variance, mask and the combination's temporaries (float64
+# weights among them); measured peak 45 bytes (tracemalloc, 20 frames of 500x500).
+_BYTES_PER_PX_FRAME = 48
 
 
 def rows_per_block(n_frames, nx, memory_mb):
@@ -48,30 +49,50 @@ def rows_per_block(n_frames, nx, memory_mb):
 
 
 class FrameCube:
-    """Resampled frames (rate, variance, MASK) spooled to scratch files in ``scratch_dir``."""
+    """Resampled frames (rate, variance, MASK) spooled to scratch files in ``scratch_dir``.
+
+    Plain files written frame by frame and read back block by block (``os.pread``), not memory
+    maps: mapped pages count in the job's resident memory, so a memory-mapped cube of 50 1k x 1k
+    frames showed 2.2 GB peak RSS for a 1 GB bound; read blocks do not.
+    """
+
+    _DTYPES = {"sci": np.float32, "var": np.float32, "mask": np.uint8}
 
     def __init__(self, n_frames, shape, scratch_dir=None):
         self.n, self.shape = int(n_frames), tuple(shape)
         self._dir = tempfile.TemporaryDirectory(prefix="stack_", dir=scratch_dir)
         d = Path(self._dir.name)
-        full = (self.n,) + self.shape
-        self.sci = np.lib.format.open_memmap(d / "sci.npy", mode="w+", dtype=np.float32, shape=full)
-        self.var = np.lib.format.open_memmap(d / "var.npy", mode="w+", dtype=np.float32, shape=full)
-        self.mask = np.lib.format.open_memmap(d / "mask.npy", mode="w+", dtype=np.uint8, shape=full)
+        self._fd = {name: os.open(d / f"{name}.bin", os.O_RDWR | os.O_CREAT, 0o600) for name in self._DTYPES}
         self.weights = np.zeros(self.n)
+
+    def _offset(self, name, i, row=0):
+        ny, nx = self.shape
+        return (i * ny + row) * nx * np.dtype(self._DTYPES[name]).itemsize
 
     def put(self, i, sci, var, mask):
         """Store frame ``i`` (rate, variance, MASK on the grid) and set its weight 1/median(var)."""
-        self.sci[i], self.var[i], self.mask[i] = sci, var, mask
+        for name, arr in (("sci", sci), ("var", var), ("mask", mask)):
+            data = np.ascontiguousarray(arr, dtype=self._DTYPES[name])
+            os.pwrite(self._fd[name], data.tobytes(), self._offset(name, i))
         usable = ((mask & EXCLUDE) == 0) & np.isfinite(var) & (var > 0)
         self.weights[i] = 1.0 / float(np.median(var[usable])) if usable.any() else 0.0
 
+    def block(self, name, r0, r1):
+        """Rows ``r0:r1`` of every frame of one array, shape (n, r1 - r0, nx)."""
+        nx = self.shape[1]
+        dtype = self._DTYPES[name]
+        out = np.empty((self.n, r1 - r0, nx), dtype)
+        nbytes = (r1 - r0) * nx * np.dtype(dtype).itemsize
+        for i in range(self.n):
+            buf = os.pread(self._fd[name], nbytes, self._offset(name, i, r0))
+            out[i] = np.frombuffer(buf, dtype).reshape(r1 - r0, nx) if len(buf) == nbytes else \
+                (np.nan if name != "mask" else MASK_BAD)
+        return out
+
     def close(self):
-        for name in ("sci", "var", "mask"):
-            arr = getattr(self, name, None)
-            if arr is not None:
-                arr._mmap.close() if getattr(arr, "_mmap", None) is not None else None
-            setattr(self, name, None)
+        for fd in self._fd.values():
+            os.close(fd)
+        self._fd = {}
         self._dir.cleanup()
 
     def __enter__(self):
@@ -167,8 +188,8 @@ def combine_cube(cube, method="mean", clip_sigma=3.0, memory_mb=1024, grow=1):
     ncomb = np.empty(cube.shape, np.uint16)
     for r0 in range(0, ny, rows):
         r1 = min(ny, r0 + rows)
-        s, e, m, n = combine_block(np.asarray(cube.sci[:, r0:r1]), np.asarray(cube.var[:, r0:r1]),
-                                   np.asarray(cube.mask[:, r0:r1]), cube.weights, method, clip_sigma)
+        s, e, m, n = combine_block(cube.block("sci", r0, r1), cube.block("var", r0, r1), cube.block("mask", r0, r1),
+                                   cube.weights, method, clip_sigma)
         sci[r0:r1], err[r0:r1], mask[r0:r1], ncomb[r0:r1] = s, e, m, n
     if grow > 0:
         near = ndimage.binary_dilation((mask & MASK_BAD) > 0, iterations=int(grow)) & ((mask & MASK_BAD) == 0)
