@@ -229,3 +229,32 @@ def test_group_without_usable_frames_gives_a_failed_product(tmp_path):
     assert h["STKSTAT"] == "FAILED" and "measurable stars" in h["STKWHY"]
     assert (tmp_path / "e.png").exists() and (tmp_path / "z.png").exists()
     assert "no stack" in describe_stack(tmp_path / "X_V_stk.fits")
+
+
+@pytest.mark.realdata
+def test_real_arcsat_frames_with_pinpoint_wcs(tmp_path):
+    """Four real ARCSAT raw frames (PinPoint WCS in their headers, read as SCI-only images) align and
+    stack; a frame without WCS is left out with its reason. The alignment residual per star (raw ADU
+    frames, centroid scatter included; the fitted correction's own error is this / sqrt(N stars))
+    stays below 0.5 px, where the PinPoint WCSs alone differ by ~1 px across the chip."""
+    from conftest import ARCSAT_RAW
+
+    from bandersnake.stack.build import stack_group
+
+    if not ARCSAT_RAW.is_dir():
+        pytest.skip(f"real ARCSAT night not available at {ARCSAT_RAW}")
+    names = ["XO1-b_z_20250602_044440", "XO1-b_z_20250602_044550", "XO1-b_z_20250602_050102",
+             "XO1-b_z_20250602_050212", "XO1-b_z_20250602_053326"]        # 053326: no WCS
+    paths = [str(ARCSAT_RAW / f"{n}.fits.gz") for n in names]
+    hdr = stack_group(paths, tmp_path / "stk.fits", tmp_path / "frames.ecsv", {"use_header_wcs": True})
+    t = Table.read(tmp_path / "frames.ecsv")
+    by = {r["file"][:23]: r for r in t}
+    assert by["XO1-b_z_20250602_053326"]["status"] == "rejected"
+    assert "no WCS" in by["XO1-b_z_20250602_053326"]["reason"]
+    # 050212's stars scatter by 1 px rms around any smooth correction (the frame itself; it is the
+    # only one of the five): left out for its alignment, with the reason.
+    assert hdr["NCOMBINE"] == 3
+    assert "alignment residual" in by["XO1-b_z_20250602_050212"]["reason"]
+    ok = t[t["status"] == "ok"]
+    assert np.all(ok["wcs_source"] == "header") and np.all(ok["align_rms_px"] < 0.5)
+    assert hdr["RADISP"] < 0.2 and hdr["DEDISP"] < 0.2        # arcsec, at 0.67"/px
