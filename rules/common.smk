@@ -86,10 +86,12 @@ APERTURES = list(range(PHOT["aper_min"], PHOT["aper_max"] + 1))
 
 
 def instruments():
-    """Instrument names whose nights are discovered."""
+    """Instrument names whose nights are discovered: the ``instruments`` list, else every
+    instrument file of instruments_dir (a YAML whose ``name`` is its file stem; a targets file
+    or any other YAML beside them is not an instrument and is not validated as one)."""
     if config["instruments"]:
         return config["instruments"]
-    return sorted(p.stem for p in Path(config["instruments_dir"]).glob("*.yaml"))
+    return bconfig.instrument_names(config["instruments_dir"])
 
 
 @lru_cache(maxsize=None)
@@ -130,7 +132,7 @@ def targets_config():
     path = Path(config["targets_file"])
     data = bconfig.load_yaml(path) if path.exists() else {}
     try:
-        return bconfig.validate(data, "targets.schema.yaml", str(path))
+        return bconfig.validate(data, "targets.schema.yaml", f"targets file {path}")
     except ConfigError as err:
         raise WorkflowError(str(err))
 
@@ -140,7 +142,9 @@ def master_flats_config():
     path = Path(config["master_flats_file"])
     data = bconfig.load_yaml(path) if path.exists() else {}
     try:
-        return bconfig.validate(data, "master_flats.schema.yaml", str(path))
+        return bconfig.validate(
+            data, "master_flats.schema.yaml", f"master flats file {path}"
+        )
     except ConfigError as err:
         raise WorkflowError(str(err))
 
@@ -240,10 +244,18 @@ def inventory(night):
     return _read_inventory(path, os.path.getmtime(path))
 
 
+def skipped(night, kind):
+    """Whether the night does without calibration ``kind`` (``calibration_params.skip``)."""
+    return kind in night_cfg(night)["calibration_params"]["skip"]
+
+
 def calib_frames(frame_type, **match):
-    """Input function: accepted frames of one type from the night's inventory."""
+    """Input function: accepted frames of one type from the night's inventory (none when the
+    night skips that calibration)."""
 
     def frames(wildcards):
+        if skipped(wildcards.night, frame_type):
+            return []
         wanted = {k: getattr(wildcards, v) for k, v in match.items()}
         return list_files(inventory(wildcards.night), frame_type, **wanted)
 
@@ -252,10 +264,21 @@ def calib_frames(frame_type, **match):
 
 def flat_frames(session):
     def frames(wildcards):
+        if skipped(wildcards.night, "flat"):
+            return []
         table = inventory(wildcards.night)
         return list_files(table, "flat", filter=wildcards.filter, session=session)
 
     return frames
+
+
+def science_shape(night):
+    """Most common raw ``[ny, nx]`` of the night's accepted science frames (shape of skipped
+    masters when the instrument file gives none), or None."""
+    table = inventory(night)
+    sel = (table["type"] == "science") & table["accepted"]
+    shapes = [(int(ny), int(nx)) for ny, nx in zip(table["naxis2"][sel], table["naxis1"][sel])]
+    return list(max(set(shapes), key=shapes.count)) if shapes else None
 
 
 def science_targets(night):
@@ -476,6 +499,11 @@ def fallback_params(wildcards):
         # runs keep relative ones so moving the project does not rerun the masters.
         search_roots=[_abs_if_staged(WORK), _abs_if_staged(RESULTS)],
         master_flats_file=_abs_if_staged(config["master_flats_file"]),
+        raw_shape=(
+            science_shape(wildcards.night)
+            if night_cfg(wildcards.night)["calibration_params"]["skip"]
+            else None
+        ),
     )
 
 

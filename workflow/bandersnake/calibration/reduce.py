@@ -71,6 +71,7 @@ class Calibration:
     saturation_adu: float
     paths: dict = field(default_factory=dict)
     grow: int = 1
+    skipped: tuple = ()
 
     @property
     def shape(self):
@@ -84,6 +85,7 @@ class Calibration:
         for key, name in (("CALBIAS", "bias"), ("CALDARK", "dark"), ("CALFLAT", "flat"), ("CALBPM", "bpm")):
             cards.append((key, Path(self.paths[name]).name if self.paths.get(name) else "none",
                           f"master {name}"))
+        cards.append(("CALSKIP", ",".join(self.skipped) or "none", "calibrations skipped (calibration_params.skip)"))
         return cards
 
 
@@ -117,8 +119,11 @@ def load_calibration(masters, instrument, grow=1):
     bias, bias_hdr = futures["bias"].result()     # problems reported in this order, the bias's first
     shape = bias.shape
     read = {}
+    skipped = ["bias"] if bias_hdr.get("CALSKIP") else []
     for k in names[1:]:
-        read[k], _ = futures[k].result()
+        read[k], hdr = futures[k].result()
+        if hdr.get("CALSKIP"):
+            skipped.append(k)
         if read[k].shape != shape:
             raise FrameError(masters[k], f"shape {read[k].shape} differs from expected {shape}")
     flat = read["flat"]
@@ -149,7 +154,8 @@ def load_calibration(masters, instrument, grow=1):
     return Calibration(bias=clean(bias, 0.0), dark=clean(dark, 0.0), flat=clean(flat, 1.0),
                        static_mask=static, gain=float(instrument["gain_e_per_adu"]), read_noise=rn,
                        saturation_adu=float(instrument["saturation_adu"]),
-                       paths={k: (str(v) if v else None) for k, v in masters.items()}, grow=grow)
+                       paths={k: (str(v) if v else None) for k, v in masters.items()}, grow=grow,
+                       skipped=tuple(skipped))
 
 
 def near_bad(bad, grow, bad_index=None):
