@@ -201,6 +201,7 @@ class SimConfig:
     ut_obs: bool = False                # also write UT-OBS = '<UTC stamp>-0000'
     mjd_obs_decimals: int | None = None  # also write MJD-OBS rounded to this many decimals
     write_jd: bool = True               # False: no JD keyword
+    adc_bits: int = 16                  # 12: a 12-bit camera (values 0..4095 in 16-bit files)
 
     @property
     def night_date(self):
@@ -312,7 +313,9 @@ def header_style(h, frame, instrument, cfg):
     if cfg.ut_obs:
         h["UT-OBS"] = (_iso(jd) + "-0000", "UTC of exposure start")
     if cfg.mjd_obs_decimals is not None:
-        h["MJD-OBS"] = (round(jd - 2400000.5, int(cfg.mjd_obs_decimals)), "MJD of exposure start (rounded)")
+        # Fixed decimals, as a camera writes them (a Python float would drop trailing zeros).
+        n = int(cfg.mjd_obs_decimals)
+        h.append(fits.Card.fromstring(f"{'MJD-OBS':8s}= {jd - 2400000.5:20.{n}f} / MJD of exposure start (rounded)"))
     if not cfg.write_jd:
         h.remove("JD", ignore_missing=True)
     if not cfg.write_imagetyp:
@@ -781,9 +784,9 @@ def render_frame(plan, det, f):
         image *= det.flat
         image += det.dark_e_per_s * np.float32(t)
     cr = _cosmics(plan, f, _rng(cfg.seed, "cosmics", len(_STREAM) * f["index"] + _STREAM[f["kind"]]))
-    data = render.expose(image, rng, det.bias_adu, plan.gain, plan.read_noise_e, cr)
+    data = render.expose(image, rng, det.bias_adu, plan.gain, plan.read_noise_e, cr, adc_max=2 ** plan.cfg.adc_bits - 1)
     extra["mean_adu"] = float(data.mean())
-    extra["n_saturated"] = int(np.count_nonzero(data == render.ADC_MAX))
+    extra["n_saturated"] = int(np.count_nonzero(data == 2 ** plan.cfg.adc_bits - 1))
     return data, star_rows, cr, extra
 
 
