@@ -155,7 +155,7 @@ def load_calibration(masters, instrument, grow=1):
                        static_mask=static, gain=float(instrument["gain_e_per_adu"]), read_noise=rn,
                        saturation_adu=float(instrument["saturation_adu"]),
                        paths={k: (str(v) if v else None) for k, v in masters.items()}, grow=grow,
-                       skipped=tuple(skipped))
+                       skipped=tuple(k for k in ("bias", "dark", "flat") if k in skipped))
 
 
 def near_bad(bad, grow, bad_index=None):

@@ -349,10 +349,15 @@ def _angle(value, hours=False):
 def site_settings(headers, time_out, draft_kw):
     """``site`` (latitude, east-positive longitude, altitude) and comment lines."""
     notes = []
-    h = headers[0][1]
     lat_key, _ = pick_keyword(headers, SITE_LAT_KEYS)
     lon_key, _ = pick_keyword(headers, SITE_LON_KEYS)
     alt_key, _ = pick_keyword(headers, SITE_ALT_KEYS)
+    # The first header holding the site keywords (a mixed folder may have frames without them).
+    h = next((h for _, h in headers if all(k is None or _str(h.get(k, "")) for k in (lat_key, lon_key))),
+             headers[0][1])
+    lat_key = lat_key if lat_key and _str(h.get(lat_key, "")) else None
+    lon_key = lon_key if lon_key and _str(h.get(lon_key, "")) else None
+    alt_key = alt_key if alt_key and _str(h.get(alt_key, "")) else None
     site = {"name": _str(h.get("OBSERVAT") or h.get("SITENAME") or h.get("TELESCOP") or "unknown")}
     lat, _ = _angle(h[lat_key]) if lat_key else (math.nan, None)
     if math.isfinite(lat):
@@ -395,8 +400,15 @@ def site_settings(headers, time_out, draft_kw):
                              f"(which gives {lon_lst:+.3f} deg): flipped")
                 lon = flipped
             else:
-                notes.append(f"{lon_key} disagrees with the sidereal time in the headers ({lon_lst:+.3f} deg): "
-                             "kept; check the longitude and the time zone (GUESS)")
+                others = [k for k in SITE_LON_KEYS if k != lon_key and k in h
+                          and abs(((_angle(h[k])[0] - lon_lst + 180) % 360) - 180) <= 0.5]
+                if others:
+                    notes.append(f"{lon_key} disagrees with the sidereal time in the headers ({lon_lst:+.3f} "
+                                 f"deg), {others[0]} agrees: {others[0]} is used")
+                    lon = _angle(h[others[0]])[0]
+                else:
+                    notes.append(f"{lon_key} disagrees with the sidereal time in the headers ({lon_lst:+.3f} "
+                                 "deg): kept; check the longitude and the time zone (GUESS)")
         elif math.isfinite(lon):
             notes.append(f"longitude confirmed by the local sidereal time keyword ({lon_lst:+.3f} deg)")
         else:
@@ -498,7 +510,8 @@ def _sample(paths, n):
 def pixel_stats(paths_by_type, extension):
     """Highest value (ADU) of a sample of flats and science frames, and the readable frames' data."""
     high, shape = -math.inf, None
-    for frame_type in ("flat", "science"):
+    kinds = ("flat", "science") if paths_by_type.get("flat") or paths_by_type.get("science") else FRAME_TYPES
+    for frame_type in kinds:
         for path in _sample(paths_by_type.get(frame_type, []), MAX_PIXEL_FRAMES // 2):
             try:
                 data, _ = read_image(path, extension)
@@ -512,9 +525,13 @@ def pixel_stats(paths_by_type, extension):
 def saturation(header, high):
     """Saturation (ADU) and its note from the format's ceiling and the highest value seen."""
     ceiling = adc_ceiling(header)
+    if not math.isfinite(ceiling):
+        return 65535.0, (f"BITPIX {header.get('BITPIX')} (floating point; highest value seen {high:.0f}): "
+                         "GUESS 65535 ADU, set the camera's saturation")
     for bits in (10, 12, 14):
         top = 2 ** bits - 1
-        if math.isfinite(high) and high <= top < ceiling:
+        # Flats and bright stars reach the ADC's top: a maximum just below 2^N - 1 says N bits.
+        if math.isfinite(high) and 0.75 * top <= high <= top < ceiling:
             return float(top), (f"the highest value in the data is {high:.0f} ADU <= {top}: a {bits}-bit "
                                 f"camera in {int(header.get('BITPIX', 16))}-bit files (GUESS: full scale; "
                                 "the real full well may be lower)")
@@ -751,17 +768,29 @@ def draft_instrument(raw_dir, name=None):
     d.value("saturation_adu", sat, sat_note)
     d.value("bias_level_adu", round(bias_level, 1) if bias_level is not None else 0.0,
             pedestal_note or "GUESS 0: no bias frames and no sky to estimate it from")
-    biassec = _str(first.get("BIASSEC", "")) or None
-    trimsec = _str(first.get("TRIMSEC", "")) or _str(first.get("DATASEC", "")) or None
-    d.value("overscan_section", biassec, "from BIASSEC" if biassec else "no BIASSEC keyword")
-    d.value("trim_section", trimsec, "from TRIMSEC/DATASEC" if trimsec else "no TRIMSEC/DATASEC keyword")
+    for key, sources in (("overscan_section", ("BIASSEC",)), ("trim_section", ("TRIMSEC", "DATASEC"))):
+        found = next((k for k in sources if _str(first.get(k, ""))), None)
+        value = _str(first[found]) if found else None
+        note = f"from {found}" if found else f"no {'/'.join(sources)} keyword"
+        if value is not None:
+            from ..calibration.masters import parse_section
+
+            try:
+                rows, cols = parse_section(value)
+                if rows.stop > shape[0] or cols.stop > shape[1]:
+                    raise ConfigError("beyond the frame")
+            except ConfigError:
+                note, value = f"{found} = {value!r} is not a [x1:x2,y1:y2] section inside the frame (GUESS: none)", None
+        d.value(key, value, note)
     scale, scale_note = plate_scale(headers)
     d.value("plate_scale_arcsec_per_px", scale, scale_note)
     try:
         aperture = float(first["APTDIA"]) / 1000.0
+        if not aperture > 0:
+            raise ValueError(aperture)
         d.value("telescope_diameter_m", round(aperture, 3), "APTDIA (mm)")
     except (KeyError, TypeError, ValueError):
-        d.value("telescope_diameter_m", 0.4, "GUESS: no APTDIA (used for scintillation only)")
+        d.value("telescope_diameter_m", 0.4, "GUESS: no usable APTDIA (used for scintillation only)")
     site, site_notes = site_settings(headers, time_out, kw)
     for line in site_notes:
         d.comment("Site: " + line)
