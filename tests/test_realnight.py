@@ -144,14 +144,13 @@ def test_instruments_found_by_name(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- draft
-@pytest.fixture(scope="module")
-def issue_camera_night(tmp_path_factory):
+def issue_camera_config():
     """The issue's camera, simulated: 650x500 12-bit frames, 60 s, no bias/dark/flat, no IMAGETYP, no
     JD, DATE-OBS in local time with '-0700', UT-OBS '...-0000', MJD-OBS rounded to 0.001 d; the sky
-    brightens by ~80 % over the 23 minutes (so the gain can be measured without bias frames)."""
-    from bandersnake.sim.night import simulate_night, small_config
+    brightens by ~80 % over the 23 minutes (so the gain can be measured without bias frames).
+    Returns the instrument dictionary and the SimConfig."""
+    from bandersnake.sim.night import small_config
 
-    root = tmp_path_factory.mktemp("issue_cam")
     inst = yaml.safe_load((ROOT / "config" / "instruments" / "MAXIM.yaml").read_text())
     inst.update(name="MYCAM", shape=[500, 650], gain_e_per_adu=4.0, read_noise_e=10.0,
                 site={"name": "Tucson", "latitude_deg": 32.2319, "longitude_deg": -110.9501, "altitude_m": 728.0})
@@ -162,6 +161,15 @@ def issue_camera_night(tmp_path_factory):
                        comparison_flux_range_e_per_s=(300.0, 2000.0), sky_e_per_s=30.0, sky_trend_per_h=2.0,
                        sky_wave_amplitude=0.0, date_obs_style="zone", utc_offset_hours=-7.0, ut_obs=True,
                        mjd_obs_decimals=3, write_imagetyp=False, write_jd=False, gzip_every=0)
+    return inst, cfg
+
+
+@pytest.fixture(scope="module")
+def issue_camera_night(tmp_path_factory):
+    from bandersnake.sim.night import simulate_night
+
+    root = tmp_path_factory.mktemp("issue_cam")
+    inst, cfg = issue_camera_config()
     simulate_night(root / "raw", root / "truth", cfg, inst)
     return root / "raw" / "MYCAM" / "images" / "20171219", inst
 

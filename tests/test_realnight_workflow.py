@@ -151,3 +151,35 @@ def test_arcsat_from_untouched_raw_files_with_a_drafted_instrument(tmp_path):
     star = SkyCoord(240.549333 * u.deg, 28.169556 * u.deg)       # XO-1, targets_xo1b.yaml
     independent = (t.tdb + t.light_travel_time(star)).jd
     assert np.max(np.abs(bjd - independent)) * 86400 < 0.1
+
+
+def test_drafted_instrument_runs_the_issue_camera_night_unedited(tmp_path):
+    """The issue's camera (650x500 12-bit, local DATE-OBS with -0700, UT-OBS, rounded MJD-OBS, no
+    IMAGETYP, no calibration frames), simulated: the instrument file drafted by
+    bandersnake-init-instrument runs the night as written (it sets skip: [bias, dark, flat]), and
+    the frames' mid-exposure times are the true UTC ones within 1 ms."""
+    from test_realnight import issue_camera_config
+
+    from bandersnake.sim.night import simulate_night
+
+    inst, cfg = issue_camera_config()
+    simulate_night(tmp_path / "raw", tmp_path / "truth", cfg, inst)
+    raw_dir = tmp_path / "raw" / "MYCAM" / "images" / "20171219"
+    draft = subprocess.run([sys.executable, "-m", "bandersnake.ingest.draft", str(raw_dir), "--name", "MYCAM"],
+                           capture_output=True, text=True, check=True,
+                           env={"PYTHONPATH": str(ROOT / "workflow"), "PATH": "/usr/bin:/bin"})
+    (tmp_path / "instruments").mkdir()
+    (tmp_path / "instruments" / "MYCAM.yaml").write_text(draft.stdout)
+    target = cfg.target
+    out = f"work/MYCAM_20171219/{target}/centroiding/centroids.fits"
+    run_snakemake(tmp_path, [out], config=dict(raw_root=tmp_path / "raw", instruments_dir=tmp_path / "instruments",
+                                                targets_file=tmp_path / "truth" / "targets.yaml"))
+    inv = Table.read(tmp_path / "work" / "MYCAM_20171219" / "calib" / "inventory.ecsv")
+    assert inv["accepted"].all() and set(inv["type"]) == {"science"}
+    frames = Table.read(tmp_path / "truth" / "frames.ecsv")
+    jd_true = dict(zip(frames["file"], frames["jd_mid_utc"]))
+    with fits.open(tmp_path / out) as hdul:
+        c = hdul[1].data
+        assert len(c) == cfg.n_science and hdul[1].header["CALSKIP"] == "bias,dark,flat"
+        err = [abs(jd - jd_true[Path(f).name]) * 86400 for jd, f in zip(c["JD_UTC"], c["File"])]
+    assert max(err) < 1e-3

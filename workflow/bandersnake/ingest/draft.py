@@ -616,6 +616,39 @@ def gain_estimate(pairs, bias_level, read_noise_adu):
     return None, "sky levels too uniform and no bias frames: cannot measure it"
 
 
+_DATE_ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
+_DATE = re.compile(r"(?<!\d)(\d{4})(\d{2})(\d{2})(?!\d)")
+
+
+def _date_fields(name):
+    """``name`` with its date written as ``{date_iso}`` (YYYY-MM-DD) or ``{date}`` (YYYYMMDD)."""
+    out = _DATE_ISO.sub("{date_iso}", name)
+    return out if out != name else _DATE.sub("{date}", name)
+
+
+def raw_layout(raw_dir, paths):
+    """The instrument's ``raw_layout`` when the night's folder does not follow the workflow's
+    ``{raw_root}/{inst}/images/{date}`` (None and a note when it does or cannot be told)."""
+    raw_dir = Path(raw_dir).resolve()
+    subdirs = sorted({Path(p).resolve().parent for p in paths} - {raw_dir})
+    parts = raw_dir.parts
+    if not subdirs and len(parts) >= 3 and parts[-2] == "images" and _DATE.fullmatch(parts[-1]):
+        return None, (f"the workflow's default {{raw_root}}/{{inst}}/images/{{date}} (raw_root = "
+                      f"{Path(*parts[:-3])}, the folder {parts[-3]} must be named after the instrument)")
+    name = _date_fields(raw_dir.name)
+    if "{date" not in name:
+        return None, ("the folder name holds no date: put the frames at <raw_root>/<name>/images/<YYYYMMDD>/ "
+                      "(the workflow's default layout) or set raw_layout")
+    if not subdirs:
+        return "{raw_root}/" + name, f"night folders named by date under raw_root = {raw_dir.parent}"
+    names = [_date_fields(d.name) for d in subdirs if d.parent == raw_dir]
+    prefix = os.path.commonprefix(names) if names else ""
+    if not prefix:
+        return None, f"frames in several sub-folders of {raw_dir.name} with no common name: set raw_layout (GUESS)"
+    return ("{raw_root}/" + name + "/" + prefix + "*",
+            f"sub-folders {', '.join(d.name for d in subdirs)} of a date folder under raw_root = {raw_dir.parent}")
+
+
 # ----------------------------------------------------------------------------------------- draft
 def draft_instrument(raw_dir, name=None):
     """YAML text of a drafted instrument file for the raw frames under ``raw_dir``.
@@ -658,6 +691,11 @@ def draft_instrument(raw_dir, name=None):
     if _str(first.get("INSTRUME", "")):
         d.value("instrume", _str(first["INSTRUME"]), "INSTRUME")
     d.value("image_extension", 0, "primary HDU (.fits.fz files: the first image extension is found)")
+    layout, layout_note = raw_layout(raw_dir, paths)
+    if layout:
+        d.value("raw_layout", layout, layout_note)
+    else:
+        d.comment(f"Raw layout: {layout_note}")
 
     # keywords
     kw, kw_notes = {}, []
@@ -801,12 +839,18 @@ def draft_instrument(raw_dir, name=None):
     d.value("C_Y", 1.5, indent=2)
     d.value("H_m", 8000, indent=2)
     missing = [t for t in ("bias", "dark", "flat") if counts[t] < 3]
-    if missing:
-        d.comment(f"This night has fewer than 3 {'/'.join(missing)} frames: those calibrations are skipped")
-        d.comment("(constant pedestal bias_level_adu or the overscan, no dark, unit flat). Remove the skip when")
-        d.comment("you have the frames or backup masters (calibration_params.backup_master_*).")
-        d.section("night_settings")
+    dark_times = sorted({round(exptimes[p], 3) for p in by_type["dark"] if math.isfinite(exptimes[p])})
+    matching = len(dark_times) > 1
+    if missing or matching:
+        d.section("night_settings", "settings of every night of this instrument")
         d.section("calibration_params", indent=2)
+    if matching:
+        d.value("dark_exposure_matching", True, f"darks of {len(dark_times)} exposure times ({dark_times} s): "
+                "a master dark per science/flat exposure", indent=4)
+    if missing:
+        d.comment(f"This night has fewer than 3 {'/'.join(missing)} frames: those calibrations are skipped", indent=4)
+        d.comment("(constant pedestal bias_level_adu or the overscan, no dark, unit flat). Remove the skip", indent=4)
+        d.comment("when you have the frames or backup masters (calibration_params.backup_master_*).", indent=4)
         d.value("skip", missing, indent=4)
     return d.text()
 
