@@ -277,7 +277,9 @@ def science_shape(night):
     masters when the instrument file gives none), or None."""
     table = inventory(night)
     sel = (table["type"] == "science") & table["accepted"]
-    shapes = [(int(ny), int(nx)) for ny, nx in zip(table["naxis2"][sel], table["naxis1"][sel])]
+    shapes = [
+        (int(ny), int(nx)) for ny, nx in zip(table["naxis2"][sel], table["naxis1"][sel])
+    ]
     return list(max(set(shapes), key=shapes.count)) if shapes else None
 
 
