@@ -497,21 +497,21 @@ def write_skipped_master(kind, out, instrument, raw_shape=None, filter_name=None
     header["CALTYPE"] = kind.upper()
     header["NCOMBINE"] = (0, "frames combined")
     header["FALLBACK"] = "skipped"
-    header["CALSKIP"] = (True, "calibration skipped (calibration_params.skip)")
+    header["CALSKIP"] = (True, "skipped (calibration_params.skip)")
     extra = {}
     if kind == "bias":
         level, how = pedestal(instrument)
         data = np.full(shape, level, np.float32)
         header["BUNIT"] = "adu"
-        header["BIASLEV"] = (level, f"[ADU] constant pedestal ({how})")
-        header["RDNOISE"] = (float(instrument["read_noise_e"]), "read noise (e-), instrument file: not measured")
+        header["BIASLEV"] = (level, "[ADU] constant pedestal")
+        header["RDNOISE"] = (float(instrument["read_noise_e"]), "[e-] instrument file's, not measured")
         header["GAIN"] = (float(instrument["gain_e_per_adu"]), "gain used (e-/ADU)")
         note = f"bias skipped: constant pedestal {level:g} ADU from {how}"
         extra = {"rdnoise_e": float(instrument["read_noise_e"]), "level_adu": level}
     elif kind == "dark":
         data = np.zeros(shape, np.float32)
         header["BUNIT"] = "adu / s"
-        header["DARKCUR"] = (0.0, "dark current (e-/s/px): dark skipped, not measured")
+        header["DARKCUR"] = (0.0, "[e-/s/px] dark skipped, not measured")
         note = "dark skipped: no dark subtracted (dark current stays in the sky level)"
         extra = {"darkcur_e": 0.0}
     elif kind == "flat":

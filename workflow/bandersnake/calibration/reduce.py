@@ -85,7 +85,7 @@ class Calibration:
         for key, name in (("CALBIAS", "bias"), ("CALDARK", "dark"), ("CALFLAT", "flat"), ("CALBPM", "bpm")):
             cards.append((key, Path(self.paths[name]).name if self.paths.get(name) else "none",
                           f"master {name}"))
-        cards.append(("CALSKIP", ",".join(self.skipped) or "none", "calibrations skipped (calibration_params.skip)"))
+        cards.append(("CALSKIP", ",".join(self.skipped) or "none", "calibrations skipped"))
         return cards
 
 
@@ -740,7 +740,7 @@ def calibrated_hdul(frame, sci, err, msk, cal):
     primary.header["OVERSCAN"] = (frame.offset, "[ADU] overscan level subtracted")
     if frame.jd_mid is not None and math.isfinite(frame.jd_mid):
         # Read by later stages (KBMOD) instead of re-interpreting the raw time keywords.
-        primary.header["JD_UTC"] = (float(frame.jd_mid), "[d] mid-exposure JD (UTC), see time keywords")
+        primary.header["JD_UTC"] = (float(frame.jd_mid), "[d] mid-exposure JD (UTC)")
     for key, value, comment in cal.header_cards():
         primary.header[key] = (value, comment)
     primary.header["BUNIT"] = ("electron", "SCI and ERR in e-")
