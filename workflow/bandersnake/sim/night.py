@@ -308,8 +308,8 @@ def header_style(h, frame, instrument, cfg):
     text = {"utc": _iso(jd), "z": _iso(jd) + "Z", "local": local,
             "zone": local + _zone_suffix(offset), "zone_colon": local + _zone_suffix(offset, colon=True)}
     if cfg.date_obs_style != "utc":
-        where = {"utc": "UTC", "z": "UTC", "local": "local time"}.get(cfg.date_obs_style, "local time with zone")
-        h[key] = (text[cfg.date_obs_style], f"[ISO 8601] {where} of exposure start")
+        where = {"utc": "UTC", "z": "UTC", "local": "local"}.get(cfg.date_obs_style, "local+zone")
+        h[key] = (text[cfg.date_obs_style], f"{where} exposure start")
     if cfg.ut_obs:
         h["UT-OBS"] = (_iso(jd) + "-0000", "UTC of exposure start")
     if cfg.mjd_obs_decimals is not None:
