@@ -1,4 +1,4 @@
-from bandersnake.calibration.masters import Fallback, build_master_bias, check_night_calibrations
+from bandersnake.calibration import Fallback, build_master_bias, check_night_calibrations
 from bandersnake.logs import log_to
 from bandersnake.staging import staged_reads
 
