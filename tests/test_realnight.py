@@ -61,6 +61,15 @@ def test_rounded_mjd_only_when_nothing_finer():
     assert both.source.startswith("DATE-OBS") and not both.warnings
 
 
+def test_inventory_and_photometry_paths_pick_the_same_time():
+    """A header whose only time is an unconfigured JD: both the inventory's check and the
+    photometry path's quick lookup use it (neither rejects the frame while the other accepts it)."""
+    h = fits.Header({"JD": 2458107.5650846874})
+    checked = timing.frame_time(h, INST, 60.0, check=True)
+    assert checked.source == "JD"
+    assert timing.jd_mid_utc(h, INST, 60.0) == checked.jd_mid
+
+
 def test_disagreeing_time_keywords_are_reported():
     """A naive local DATE-OBS (offset forgotten) against the header's MJD-OBS: 7 h apart, more
     than the exposure: the time used and the disagreement are named, with the hint."""

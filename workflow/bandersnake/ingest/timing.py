@@ -502,7 +502,9 @@ def frame_time(header, instrument, exptime, check=True):
     FrameTime or None
         None when the header gives no usable time.
     """
-    sources = time_sources(header, instrument, auto=check)
+    # Auto-detected keywords are always gathered (they set the time when no configured one
+    # does), so the inventory and the photometry paths pick the same source.
+    sources = time_sources(header, instrument, auto=True)
     chosen = choose_time(sources)
     if chosen is None:
         return None
