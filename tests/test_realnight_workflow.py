@@ -190,3 +190,20 @@ def test_drafted_instrument_runs_the_issue_camera_night_unedited(tmp_path):
         err = [abs(jd - jd_true[Path(f).name]) * 86400 for jd, f in zip(c["JD_UTC"], c["File"])]
     print(f"issue camera: max |JD_UTC - truth| {max(err) * 1e6:.1f} us")
     assert max(err) < 1e-3
+
+
+def test_missing_calibrations_stop_once_naming_all(tmp_path):
+    """A night with science frames only and no skip: the first master job stops with one message
+    naming the missing bias, dark and flat and every way out (before, master_bias failed alone
+    saying only what the bias needed)."""
+    from _nights import INSTRUMENT, write_config, write_night
+
+    write_night(tmp_path / "raw", n_bias=0, n_dark=0, n_flat=0, n_science=4)
+    cfg = write_config(tmp_path)
+    night = f"{INSTRUMENT}_20251215"
+    proc = run_snakemake(tmp_path, [f"work/{night}/calib/master_bias.fits"], config=cfg, check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "work" / night / "logs" / "master_bias.log").read_text()
+    for need in ("no source for 3 master calibration(s)", "bias: 0 usable", "dark: 0 usable", "flat z: 0 usable",
+                 "backup_master_flats: {z: <master FITS>}", "skip: [bias, dark, flat]"):
+        assert need in log, need
