@@ -534,4 +534,9 @@ def time_problem(header, instrument):
     present = [k for k in keys if _kw_value(header, k) is not None]
     if not present:
         return f"missing {' / '.join(keys)}"
+    date_key = keys[0]
+    m = _ISO_STAMP.match(str(header.get(date_key, "")))
+    if m is not None and m.group(4) is None:
+        return (f"{date_key}={header[date_key]!r} holds only a date and no time-of-day keyword was found: "
+                "set keywords.time_obs (e.g. TIME-OBS, UT) in the instrument file")
     return "unparsable " + ", ".join(f"{k}={header[k]!r}" for k in present)
