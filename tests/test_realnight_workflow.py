@@ -92,6 +92,8 @@ def test_skipped_calibrations_said_everywhere(zone_night):
     assert phot["CALSKIP"] == "bias,dark,flat"
     metrics = fits.getheader(zone_night["base"] / "photometry" / "precision_metrics.fits", 1)
     assert metrics["CALSKIP"] == "bias,dark,flat"
+    assert "# Calibrations skipped: bias,dark,flat" in (zone_night["base"] / "photometry" /
+                                                       "differential_summary.txt").read_text()
     summary = (zone_night["results"] / "night_summary.txt").read_text()
     for what in ("bias skipped", "dark skipped", "flat skipped", "times: DATE-OBS (zone -07:00)"):
         assert what in summary, what
