@@ -5,7 +5,7 @@ dithered by ~6 px rms and rotated by ~0.3 deg rms, Moffat PSF (FWHM 3 px, beta 3
 magnitudes (ZP 22.0 for 1 e-/s), a catalogue file of the brighter stars with 0.02 mag noise, bad
 pixels with garbage values, cosmic rays, and 160 injected faint stars (not in the catalogue) for
 the depth. Every frame's header WCS is perturbed (0.3 px shift, 0.01 deg rotation: a plate
-solution's typical error), so the alignment has to correct it. Built once per module (~20-40 s).
+solution's typical error), so the alignment has to correct it. Built once per module (~30 s).
 """
 
 import math
@@ -22,7 +22,8 @@ from bandersnake.stack import build as B
 from bandersnake.stack import measure as M
 from bandersnake.stack import sources as SO
 
-pytestmark = pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")
+# One module fixture builds the field, its stack and its measurement (~30 s on 2 busy cores).
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::astropy.wcs.FITSFixedWarning")]
 
 FWHM, BETA, ZP = 3.0, 3.0, 22.0
 
@@ -164,6 +165,12 @@ def test_zero_point_within_002_mag(field):
     assert float(p["ZPTMAG"]) == pytest.approx(ZP, abs=0.02)
     assert 0 < float(p["ZPTMUCER"]) < 0.02
     assert (field["dir"] / "zp.png").stat().st_size > 1000
+    from astropy import units as u
+
+    from bandersnake.fitsio import read_table
+
+    t = read_table(field["dir"] / "FIELD_V_stk.fits", hdu="PSFPHOT")
+    assert t["flux"].unit == u.electron / u.s and t["mag"].unit == u.mag
 
 
 def test_m5sigma_matches_half_recovery_of_injected_stars(field):

@@ -292,7 +292,6 @@ def align_to_reference(infos, ref_index, match_radius_px=3.0, max_align_rms_px=0
             continue
         px, py = f.wcs.all_world2pix(ref_ra, ref_dec, 0)
         pred = np.column_stack([px, py])
-        d = np.hypot(pred[:, None, 0] - f.stars_xy[None, :, 0], pred[:, None, 1] - f.stars_xy[None, :, 1])
         # A global offset larger than the match radius (a poor WCS) is found first from all pairs.
         dx = (f.stars_xy[None, :, 0] - pred[:, None, 0]).ravel()
         dy = (f.stars_xy[None, :, 1] - pred[:, None, 1]).ravel()

@@ -151,7 +151,18 @@ def product_header(primary, res, scale_arcsec):
 
 
 def _table_hdu(table, name):
-    hdu = fits.table_to_hdu(table if table is not None else Table())
+    import warnings
+
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    with warnings.catch_warnings():
+        # 'electron / s' is not a FITS-standard unit: astropy drops it with a warning.
+        warnings.simplefilter("ignore", AstropyUserWarning)
+        hdu = fits.table_to_hdu(table if table is not None else Table())
+    # astropy leaves out units outside the FITS standard (electron): written as the other products do.
+    for k, col in enumerate((table.itercols() if table is not None else []), start=1):
+        if col.unit is not None and f"TUNIT{k}" not in hdu.header:
+            hdu.header[f"TUNIT{k}"] = col.unit.to_string().replace(" ", "")
     hdu.name = name
     return hdu
 
