@@ -30,6 +30,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -107,14 +108,21 @@ def clean_env(home):
     return env
 
 
+def _children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run(cmd, cwd, env, log):
-    t = time.perf_counter()
+    """Run ``cmd``; return its wall time and the CPU time (user + sys) of it and all its children:
+    on a shared machine the CPU time moves much less with the load than the wall time."""
+    t, c = time.perf_counter(), _children_cpu()
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, _children_cpu() - c
     if proc.returncode:
         sys.exit(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}); see {log}")
-    return wall
+    return wall, cpu
 
 
 def job_times(run_dir):
@@ -133,12 +141,14 @@ def job_times(run_dir):
     return sorted(((r, s, e) for (r, _), (s, e) in jobs.items()), key=lambda j: j[1])
 
 
-def report(label, wall, jobs, since):
+def report(label, timing, jobs, since):
     """Print the run's total and its jobs (only those started after ``since``)."""
+    wall, cpu = timing
     jobs = [j for j in jobs if j[1] >= since]
-    print(f"\n== {label}: {wall:.2f} s wall (snakemake process), {len(jobs)} jobs")
+    print(f"\n== {label}: {wall:.2f} s wall (snakemake process), {cpu:.2f} s CPU (all its processes), "
+          f"{len(jobs)} jobs")
     if not jobs:
-        return {"wall": wall, "jobs": 0}
+        return {"wall": wall, "cpu": cpu, "jobs": 0}
     t0 = min(s for _, s, _ in jobs)
     per_rule = defaultdict(float)
     for rule, s, e in jobs:
@@ -149,7 +159,26 @@ def report(label, wall, jobs, since):
     print(f"   jobs span {span:.2f} s (first job start to last job end), job time summed {busy:.2f} s, "
           f"outside jobs (start-up, DAG, scheduling) {wall - span:.2f} s")
     print("   per rule: " + ", ".join(f"{r} {t:.2f}" for r, t in sorted(per_rule.items(), key=lambda kv: -kv[1])))
-    return {"wall": wall, "jobs": len(jobs), "span": span, "busy": busy, "per_rule": dict(per_rule)}
+    return {"wall": wall, "cpu": cpu, "jobs": len(jobs), "span": span, "busy": busy, "per_rule": dict(per_rule)}
+
+
+def job_benchmarks(run_dir):
+    """Snakemake's ``benchmark:`` records of the night's heavy jobs: wall (s), CPU (s), max RSS (MB)."""
+    rows = []
+    for f in sorted((run_dir / "work" / NIGHT / "benchmarks").glob("*.tsv")):
+        lines = f.read_text().splitlines()
+        if len(lines) < 2:
+            continue
+        rec = dict(zip(lines[0].split("\t"), lines[1].split("\t")))
+        try:
+            rows.append((f.stem, float(rec["s"]), float(rec.get("cpu_time", "nan")),
+                         float(rec.get("max_rss", "nan"))))
+        except ValueError:
+            continue
+    if rows:
+        print("   benchmark: records (wall s / CPU s / max RSS MB): "
+              + ", ".join(f"{n} {w:.2f}/{c:.2f}/{m:.0f}" for n, w, c, m in rows))
+    return rows
 
 
 def replace_one_frame(raw_dir):
@@ -209,24 +238,27 @@ def main(argv=None):
                 proj, dict(env, PYTHONPATH=str(proj / "workflow")), base / "warmup.log") \
         if (proj / "workflow" / "bandersnake" / "warmup.py").exists() else None
     print(f"\n== set-up (make warm: numba compiled into the copy): "
-          + (f"{setup:.1f} s" if setup is not None else "no warm-up step in this tree"))
+          + (f"{setup[0]:.1f} s wall, {setup[1]:.1f} s CPU" if setup is not None else "no warm-up step in this tree"))
     if not args.skip_cold:
         fresh_run_dir()
         t = time.time()
         wall = run(smk, proj, env, base / "cold.log")
         results["cold"] = report("cold (first night after set-up)", wall, job_times(run_dir), t)
+        job_benchmarks(run_dir)
     for i in range(args.warm_runs):
         fresh_run_dir()
         t = time.time()
         wall = run(smk, proj, env, base / f"warm{i}.log")
         results[f"warm{i}"] = report(f"warm run {i + 1}", wall, job_times(run_dir), t)
+        job_benchmarks(run_dir)
     name = replace_one_frame(base / "raw" / "SPIRIT2" / "images" / NIGHT_DATE)
     t = time.time()
     wall = run(smk, proj, env, base / "rerun.log")
     results["rerun"] = report(f"rerun after replacing {name}", wall, job_times(run_dir), t)
+    job_benchmarks(run_dir)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
-    print("summary: " + ", ".join(f"{k} {v['wall']:.1f} s" for k, v in results.items())
-          + (f", set-up {setup:.1f} s" if setup is not None else ""))
+    print("summary (wall / CPU): " + ", ".join(f"{k} {v['wall']:.1f} / {v['cpu']:.1f} s" for k, v in results.items())
+          + (f", set-up {setup[0]:.1f} / {setup[1]:.1f} s" if setup is not None else ""))
     if not args.keep and args.dir is None:
         shutil.rmtree(base, ignore_errors=True)
 
