@@ -87,15 +87,15 @@ def night_settings(base):
     }))
 
 
-def fresh_copy(dest):
-    """The project's tracked files (working-tree contents), as a fresh clone would have them."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, check=True, capture_output=True).stdout
+def fresh_copy(dest, root=ROOT):
+    """The tracked files of the project at ``root`` (working-tree contents), as a fresh clone has them."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, check=True, capture_output=True).stdout
     for rel in files.decode().split("\0"):
-        if not rel or not (ROOT / rel).is_file():
+        if not rel or not (root / rel).is_file():
             continue
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, out)
+        shutil.copy2(root / rel, out)
 
 
 def clean_env(home):
@@ -203,6 +203,8 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep --dir (raw night reused next time)")
     ap.add_argument("--skip-cold", action="store_true", help="warm the copy first, time warm and rerun only")
     ap.add_argument("--warm-runs", type=int, default=1)
+    ap.add_argument("--project", type=Path, default=ROOT,
+                    help="project tree to copy and time (default: this one; e.g. a worktree of main for an A/B)")
     args = ap.parse_args(argv)
 
     base = args.dir or Path(tempfile.mkdtemp(prefix="bench_night_"))
@@ -216,7 +218,7 @@ def main(argv=None):
     proj = base / "project"
     shutil.rmtree(proj, ignore_errors=True)
     shutil.rmtree(base / "home", ignore_errors=True)
-    fresh_copy(proj)
+    fresh_copy(proj, args.project.resolve())
     env = clean_env(base / "home")
     bin_dir = Path(sys.executable).parent
     run_dir = base / "run"
