@@ -85,3 +85,32 @@ def test_neighbour_indices():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="does not hold frames"):
         detect_cosmic_rays_series(np.zeros((4, 4)), np.ones((4, 4)), np.zeros((3, 5, 5)))
+
+
+def test_night_pass_equals_whole_stack(tmp_path):
+    """The streaming pass over files (ring buffer, frames rewritten as they are done) flags exactly
+    what the detector flags with the whole night in memory, and records it in MASK and CRNPIX."""
+    from astropy.io import fits
+
+    from bandersnake.calibration.cosmics_series import flag_night_series
+
+    stack, err, _, _ = _series(n_frames=9, side=64, seed=5)   # more frames than the ring holds
+    paths = []
+    for i, (sci, e) in enumerate(zip(stack, err)):
+        msk = np.zeros(sci.shape, np.uint8)
+        msk[0, i] = 1                      # a bad pixel, kept and never flagged
+        path = tmp_path / f"f{i}_CAL.fits"
+        fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(sci, name="SCI"), fits.ImageHDU(e, name="ERR"),
+                      fits.ImageHDU(msk, name="MASK")]).writeto(path)
+        paths.append(str(path))
+    counts = flag_night_series(paths)
+    for i, path in enumerate(paths):
+        bad = np.zeros(stack.shape[1:], bool)
+        bad[0, i] = True
+        want = detect_cosmic_rays_series(stack[i], err[i], stack, use=neighbour_indices(i, 9), bad=bad)
+        with fits.open(path) as hdul:
+            mask = hdul["MASK"].data
+            assert np.array_equal((mask & 2) > 0, want), i
+            assert mask[0, i] == 1
+            assert hdul[0].header["CRNPIX"] == want.sum() == counts[path]
+            np.testing.assert_array_equal(hdul["SCI"].data, stack[i])   # pixels untouched
