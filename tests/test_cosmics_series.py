@@ -114,3 +114,28 @@ def test_night_pass_equals_whole_stack(tmp_path):
             assert mask[0, i] == 1
             assert hdul[0].header["CRNPIX"] == want.sum() == counts[path]
             np.testing.assert_array_equal(hdul["SCI"].data, stack[i])   # pixels untouched
+
+
+from test_calibrated import night  # noqa: E402,F401  (fixture: 3 raw frames and a corrupt one, masters)
+
+
+def test_calibrate_night_series_method(night):  # noqa: F811
+    """calibrated_frames.cosmics_method = series: same SCI/ERR as the astroscrappy path, cosmic rays
+    from the series recorded per frame (CRNPIX = the table's n_cosmic), the corrupt frame skipped."""
+    from astropy.io import fits
+
+    from bandersnake.calibration import frames as C
+
+    out = night["tmp"] / "series"
+    table = C.calibrate_night(night["frames"], night["cal_masters"], night["inst"], out,
+                              darks={30.0: night["masters"]["dark"]}, threads=2, cosmics_method="series")
+    assert list(table["status"]) == ["ok", "ok", "ok", "skipped"]
+    ref = C.calibrate_night(night["frames"][:1], night["cal_masters"], night["inst"], night["tmp"] / "lacosmic",
+                            darks={30.0: night["masters"]["dark"]})
+    for row in table[:3]:
+        hdr = fits.getheader(out / row["file"])
+        assert hdr["CRMETHOD"].startswith("time series") and hdr["CRNPIX"] == row["n_cosmic"]
+    with fits.open(out / table["file"][0]) as ours, fits.open(night["tmp"] / "lacosmic" / ref["file"][0]) as theirs:
+        np.testing.assert_array_equal(ours["SCI"].data, theirs["SCI"].data)
+        np.testing.assert_array_equal(ours["ERR"].data, theirs["ERR"].data)
+        np.testing.assert_array_equal(ours["MASK"].data & ~np.uint8(2), theirs["MASK"].data & ~np.uint8(2))
