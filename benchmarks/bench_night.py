@@ -19,7 +19,7 @@ every job's wall time, from the start and end times Snakemake records for each o
 (``.snakemake/metadata``), with the summed time per rule and the critical path. Usage::
 
     .venv/bin/python benchmarks/bench_night.py                      # 300 science frames
-    .venv/bin/python benchmarks/bench_night.py --science 939 --skip-cold   # a 1000-frame night
+    .venv/bin/python benchmarks/bench_night.py --science 939 --exptime 10 --skip-cold   # 1000 frames
     .venv/bin/python benchmarks/bench_night.py --dir /tmp/bn --keep        # reuse raw night later
 
 The project copy uses the Python environment of the interpreter running this script (its
@@ -59,7 +59,8 @@ def simulate(raw_root, truth_dir, args):
     inst_dir = Path(truth_dir).parent / "instruments"
     inst = load_instrument(inst_dir, "SPIRIT2")
     cfg = demo_config(shape=(args.shape, args.shape), n_science=args.science, n_bias=args.bias,
-                      n_dark=args.dark, n_flat_dusk=args.flats, n_flat_dawn=args.flats, gzip_every=0)
+                      n_dark=args.dark, n_flat_dusk=args.flats, n_flat_dawn=args.flats, gzip_every=0,
+                      science_exptime_s=args.exptime)
     t = time.perf_counter()
     simulate_night(raw_root, truth_dir, cfg, inst)
     print(f"raw night simulated in {time.perf_counter() - t:.1f} s")
@@ -198,6 +199,8 @@ def main(argv=None):
     ap.add_argument("--dark", type=int, default=20)
     ap.add_argument("--flats", type=int, default=10, help="flats per twilight (dusk and dawn)")
     ap.add_argument("--shape", type=int, default=1024)
+    ap.add_argument("--exptime", type=float, default=30.0,
+                    help="science exposure (s); 10 fits a 1000-frame night in the target's hours above 20 deg")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--dir", type=Path, default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep --dir (raw night reused next time)")
