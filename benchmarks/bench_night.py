@@ -206,6 +206,8 @@ def main(argv=None):
     ap.add_argument("--keep", action="store_true", help="keep --dir (raw night reused next time)")
     ap.add_argument("--skip-cold", action="store_true", help="warm the copy first, time warm and rerun only")
     ap.add_argument("--warm-runs", type=int, default=1)
+    ap.add_argument("--reuse-project", action="store_true",
+                    help="keep the copy (and its compiled code) of an earlier run in --dir: warm runs only")
     ap.add_argument("--project", type=Path, default=ROOT,
                     help="project tree to copy and time (default: this one; e.g. a worktree of main for an A/B)")
     args = ap.parse_args(argv)
@@ -219,8 +221,11 @@ def main(argv=None):
     night_settings(base)
 
     proj = base / "project"
-    shutil.rmtree(proj, ignore_errors=True)
-    shutil.rmtree(base / "home", ignore_errors=True)
+    reuse = args.reuse_project and (proj / "Snakefile").exists()
+    if not reuse:
+        shutil.rmtree(proj, ignore_errors=True)
+        shutil.rmtree(base / "home", ignore_errors=True)
+    # Over an existing copy: files keep their time stamps (copy2), so its compiled code stays valid.
     fresh_copy(proj, args.project.resolve())
     env = clean_env(base / "home")
     bin_dir = Path(sys.executable).parent
@@ -241,7 +246,7 @@ def main(argv=None):
     t = time.perf_counter()
     setup = run([str(bin_dir / "python"), "-m", "bandersnake.warmup", "--cores", str(args.cores)],
                 proj, dict(env, PYTHONPATH=str(proj / "workflow")), base / "warmup.log") \
-        if (proj / "workflow" / "bandersnake" / "warmup.py").exists() else None
+        if (proj / "workflow" / "bandersnake" / "warmup.py").exists() and not reuse else None
     print(f"\n== set-up (make warm: numba compiled into the copy): "
           + (f"{setup[0]:.1f} s wall, {setup[1]:.1f} s CPU" if setup is not None else "no warm-up step in this tree"))
     if not args.skip_cold:
