@@ -248,7 +248,8 @@ def main(argv=None):
                 proj, dict(env, PYTHONPATH=str(proj / "workflow")), base / "warmup.log") \
         if (proj / "workflow" / "bandersnake" / "warmup.py").exists() and not reuse else None
     print(f"\n== set-up (make warm: numba compiled into the copy): "
-          + (f"{setup[0]:.1f} s wall, {setup[1]:.1f} s CPU" if setup is not None else "no warm-up step in this tree"))
+          + (f"{setup[0]:.1f} s wall, {setup[1]:.1f} s CPU" if setup is not None
+             else "skipped, copy reused" if reuse else "no warm-up step in this tree"))
     if not args.skip_cold:
         fresh_run_dir()
         t = time.time()
