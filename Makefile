@@ -31,9 +31,10 @@ $(STAMP): pyproject.toml
 # photometry job): a tiny simulated night runs through the workflow (bandersnake.warmup).
 warm: $(WARM_STAMP)
 
+# A failed warm-up does not stop the set-up (the first night then compiles); it is retried next time.
 $(WARM_STAMP): $(STAMP) $(NUMBA_SOURCES)
-	PYTHONPATH=workflow $(BIN)/python -m bandersnake.warmup --cores $(CORES)
-	touch $(WARM_STAMP)
+	PYTHONPATH=workflow $(BIN)/python -m bandersnake.warmup --cores $(CORES) && touch $(WARM_STAMP) \
+		|| echo "make warm: warm-up failed (see above); numba compiles in the first night instead"
 
 system-packages:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
