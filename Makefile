@@ -7,8 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 WARM_STAMP := $(VENV)/.warm-stamp
 # Sources of the numba code (and the constants frozen into it): a change recompiles at set-up.
-NUMBA_SOURCES := $(wildcard workflow/bandersnake/photometry/*.py workflow/bandersnake/calibration/*.py) \
-	workflow/bandersnake/flags.py
+NUMBA_SOURCES := $(addprefix workflow/bandersnake/, photometry/aperture.py photometry/centroid.py \
+	photometry/kernel.py calibration/combine.py calibration/reduce.py calibration/cosmics_series.py flags.py)
 CORES ?= 2
 DEMO_NIGHT := SPIRIT2_20251215
 # Debian packages the tests use: astrometry.net with the Tycho-2 index files (plate solving),
