@@ -52,8 +52,10 @@ def write_night(folder):
     cfg = small_config(date=NIGHT_DATE, n_science=12, gzip_every=3)
     simulate_night(folder / "raw", folder / "truth", cfg, load_instrument(folder / "instruments", "SPIRIT2"))
     (folder / "nights").mkdir()
-    # Calibrated frames too (ASTEP's path: whole-frame calibration, cosmic rays), without plate solving.
-    (folder / "nights" / f"{NIGHT}.yaml").write_text(yaml.safe_dump({"calibrated_frames": {"enabled": True}}))
+    # Calibrated frames too (ASTEP's path: whole-frame calibration; cosmic rays by the time series,
+    # the numba one: astroscrappy is compiled C), without plate solving.
+    (folder / "nights" / f"{NIGHT}.yaml").write_text(yaml.safe_dump(
+        {"calibrated_frames": {"enabled": True, "cosmics_method": "series"}}))
     return [f"raw_root={folder / 'raw'}", f"instruments_dir={folder / 'instruments'}",
             f"nights_dir={folder / 'nights'}", f"targets_file={folder / 'truth' / 'targets.yaml'}",
             f"nights=['{NIGHT}']"]
