@@ -17,8 +17,9 @@ of a pixel (a guided camera such as ASTEP's); a hot pixel missing from the bad-p
 same in every frame and is not flagged, unlike with L.A.Cosmic; a satellite trail or a fast
 asteroid is (it is in one frame only).
 
-Cost: one pass over the frame and its ``K`` neighbours, ~0.15 s for a 4096x4096 frame on one
-core (astroscrappy on the same frame: ~46 s, ``benchmarks/bench_astep_frame.py``). Units: e-.
+Cost: one pass over the frame and its ``K`` neighbours, ~0.6 CPU-s for a 4096x4096 frame
+(astroscrappy with its default four iterations: ~42 CPU-s; ``benchmarks/bench_astep_frame.py``).
+Units: e-.
 """
 
 import logging
