@@ -16,15 +16,16 @@ WCS, with the COVERAGE and MASK extensions of its tiles.
 import logging
 
 import numpy as np
+from scipy import ndimage
 from astropy.io import fits
 from astropy.table import Table
 
 from ..errors import BandersnakeError
-from ..fitsio import write_fits
+from ..fitsio import atomic_path, write_fits
 from . import geometry
 from .build import read_frame_data
 from .offsets import bin_offset, offset_tag
-from .tile import LOW_COVERAGE, NO_REFERENCE, OUTSIDE
+from .tile import NO_REFERENCE, OUTSIDE
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,44 @@ def _robust_sigma(r):
     return 1.4826 * np.median(np.abs(r - np.median(r)))
 
 
-def fit_scale(frame, template, use, scale=None, clip_sigma=4.0, iterations=5):
+def noise_model(resid, signal, use, floor=0.01):
+    """Per-pixel sigma of the residuals: sky noise + photon-like term + a template-error floor.
+
+    ``sigma^2 = s0^2 + alpha * max(signal, 0) + (floor * signal)^2``: ``s0`` is the robust sigma
+    of the residuals where the template is faint, ``alpha`` the median excess variance per unit
+    of signal where it is bright (0 for a frame whose noise does not grow with the signal), and
+    ``floor`` the fraction of the signal a good template may miss (PSF model, colours).
+    """
+    sky = use & (signal <= np.percentile(signal[use], 50))
+    s0 = _robust_sigma(resid[sky]) if sky.sum() > 10 else _robust_sigma(resid[use])
+    bright = use & (signal > 10 * max(s0, 1e-30))
+    alpha = 0.0
+    if bright.sum() > 10:
+        # median of a chi-square(1) variable is 0.455 of its mean
+        alpha = max(0.0, float(np.median((resid[bright] ** 2 - s0**2) / signal[bright])) / 0.455)
+    pos = np.clip(signal, 0, None)
+    return np.sqrt(s0**2 + alpha * pos + (floor * pos) ** 2) + 1e-30
+
+
+def _robust_start(frame, template, scale):
+    """Starting scale and background from medians (a bright star missing from one image cannot pull them)."""
+    low = template <= np.percentile(template, 50)
+    if scale is None:
+        high = template >= np.percentile(template, 90)
+        b0 = float(np.median(frame[low]))
+        t_sky = float(np.median(template[low]))
+        ratio = (frame[high] - b0) / np.where(template[high] - t_sky != 0, template[high] - t_sky, np.nan)
+        a0 = float(np.nanmedian(ratio))
+        return a0, b0 - a0 * t_sky
+    return scale, float(np.median(frame - scale * template))
+
+
+def fit_scale(frame, template, use, scale=None, clip_sigma=4.0, iterations=6, grow=2):
     """Least-squares ``frame = scale * template + background`` on the pixels ``use``, clipped.
+
+    Starts from a median-based estimate (:func:`_robust_start`), then alternates clipping the
+    residuals beyond ``clip_sigma`` robust sigmas (and ``grow`` pixels around them: the wings of a
+    variable, or of a star masked in the reference, are biased too) with a least-squares fit.
 
     Parameters
     ----------
@@ -84,8 +121,9 @@ def fit_scale(frame, template, use, scale=None, clip_sigma=4.0, iterations=5):
     scale : float or None
         Fixed scale (only the background is fitted) or None (both fitted).
     clip_sigma : float
-        Residuals beyond this many robust sigmas are left out (iterated while at least half of
-        ``use`` is kept).
+    iterations : int
+    grow : int
+        Coarse pixels around a clipped pixel also left out.
 
     Returns
     -------
@@ -93,27 +131,29 @@ def fit_scale(frame, template, use, scale=None, clip_sigma=4.0, iterations=5):
     kept : ndarray bool
         Pixels used in the final fit.
     """
+    if use.sum() < 10:
+        raise BandersnakeError("templates: fewer than 10 usable pixels to fit the flux scale")
+    a, b = _robust_start(frame[use], template[use], scale)
     kept = use.copy()
-    a = b = np.nan
     for _ in range(iterations):
+        resid = frame - a * template - b
+        sig = noise_model(resid, a * template, use)
+        new = use & (np.abs(resid) <= clip_sigma * sig)
+        if grow > 0:
+            new &= ~ndimage.binary_dilation(use & ~new, iterations=grow)
+        if new.sum() < max(10, 0.1 * use.sum()):
+            break  # nothing sensible left to clip against (noise-free or mismatched frame)
+        converged = np.array_equal(new, kept)
+        kept = new
         f = frame[kept]
         t = template[kept]
-        if f.size < 10:
-            raise BandersnakeError("templates: fewer than 10 usable pixels to fit the flux scale")
         if scale is None:
             design = np.vstack([t, np.ones_like(t)]).T
             (a, b), *_ = np.linalg.lstsq(design, f, rcond=None)
         else:
-            a = scale
-            b = float(np.median(f - a * t))
-        resid = frame - a * template - b
-        sig = _robust_sigma(resid[kept])
-        new = use & (np.abs(resid) <= clip_sigma * sig) if sig > 0 else kept
-        # clipping is for outliers (variables, cosmic rays, saturated stars): it never removes
-        # half of the pixels (a noise-free or badly matched frame would lose every star)
-        if np.array_equal(new, kept) or new.sum() < 0.5 * use.sum():
+            b = float(np.mean(f - a * t))
+        if converged:
             break
-        kept = new
     resid = (frame - a * template - b)[kept]
     return float(a), float(b), float(np.sqrt(np.mean(resid**2))), kept
 
@@ -163,8 +203,6 @@ def preview(image, path, title, mask=None):
     import matplotlib.pyplot as plt
     from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
 
-    from ..fitsio import atomic_path
-
     data = np.array(image, dtype=float)
     if mask is not None:
         data[mask != 0] = np.nan
@@ -172,8 +210,7 @@ def preview(image, path, title, mask=None):
     fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
     if finite.size:
         norm = ImageNormalize(finite, interval=ZScaleInterval(), stretch=AsinhStretch(0.1))
-        cmap = plt.get_cmap("gray").copy()
-        cmap.set_bad("tab:red", alpha=0.25)
+        cmap = plt.get_cmap("gray").with_extremes(bad=(1.0, 0.0, 0.0, 0.25))
         im = ax.imshow(data, origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     ax.set_title(title, fontsize=9)
@@ -184,9 +221,8 @@ def preview(image, path, title, mask=None):
     plt.close(fig)
 
 
-def assemble(frame_path, tile_paths, out_dir, *, name, flux_scale="fit", difference=True,
-             refine=True, clip_sigma=4.0):
-    """Write the templates (one per offset), ``difference.fits`` and their PNG previews.
+def fit_offsets(frame_path, tile_paths, out, *, name, flux_scale="fit", refine=True, clip_sigma=4.0):
+    """Fit the frame at every configured offset, pick and refine the best; write ``offsets.ecsv``.
 
     Parameters
     ----------
@@ -194,27 +230,23 @@ def assemble(frame_path, tile_paths, out_dir, *, name, flux_scale="fit", differe
         Coarse frame.
     tile_paths : list of str
         Every tile file of the template.
-    out_dir : str
-        ``results/templates/<name>``.
+    out : str
+        ``offsets.ecsv``: one row per configured offset (``dx``, ``dy`` coarse px, ``scale``,
+        ``background``, ``rms`` (frame units), ``n_pix``), the best (refined) offset, its scale and
+        background in the table's metadata (``best_dx``, ``best_dy``, ``scale``, ``background``).
     flux_scale : "fit" or float
         Reference units -> frame units; fitted on the frame (default) or fixed.
-    difference : bool
-        Also write ``difference.fits``.
     refine : bool
         Refine the best offset continuously (else: the best configured offset).
 
     Returns
     -------
-    dict
-        ``scale``, ``background``, ``best`` (dx, dy), ``table`` (per-offset fit results).
+    astropy.table.Table
     """
-    from pathlib import Path
-
-    out_dir = Path(out_dir)
     frame = geometry.read_frame(frame_path)
     data = read_frame_data(frame)
     tiles = TileSet(tile_paths, frame.shape)
-    sci, cov, mask = tiles.grid()
+    sci, _, mask = tiles.grid()
     fixed = None if flux_scale in (None, "fit") else float(flux_scale)
     finite = np.isfinite(data)
     rows = []
@@ -222,66 +254,123 @@ def assemble(frame_path, tile_paths, out_dir, *, name, flux_scale="fit", differe
         use = finite & (mask[i] == 0) & np.isfinite(sci[i])
         a, b, rms, kept = fit_scale(data, sci[i], use, fixed, clip_sigma)
         rows.append(dict(dx=dx, dy=dy, scale=a, background=b, rms=rms, n_pix=int(kept.sum()), kept=kept))
-    first = int(np.argmin([r["rms"] for r in rows]))
-    common = rows[first]["kept"]
+    # compare the offsets on one set of pixels: those kept at the first pass's best offset
+    common = rows[int(np.argmin([r["rms"] for r in rows]))]["kept"]
     for i, r in enumerate(rows):
         use = common & (mask[i] == 0) & np.isfinite(sci[i])
         a, b, rms, _ = fit_scale(data, sci[i], use, fixed, clip_sigma, iterations=1)
         r.update(scale=a, background=b, rms=rms, n_pix=int(use.sum()))
-    best_i = int(np.argmin([r["rms"] for r in rows]))
-    best = tiles.offsets[best_i]
+    best = tiles.offsets[int(np.argmin([r["rms"] for r in rows]))]
     n_iter = 0
     if refine:
         best, n_iter = refine_offset(data, tiles, best, common, fixed)
     best_t = tiles.at(*best)
-    nearest = int(np.argmin([(dx - best[0]) ** 2 + (dy - best[1]) ** 2 for dx, dy in tiles.offsets]))
+    nearest = _nearest(tiles.offsets, best)
     use = finite & (mask[nearest] == 0) & np.isfinite(best_t)
     scale, bkg, rms, kept = fit_scale(data, best_t, use, fixed, clip_sigma)
     log.info("%s: best offset (%+.4f, %+.4f) px after %d refinement steps; scale %.6g, background %.6g, "
              "rms %.4g over %d px", name, best[0], best[1], n_iter, scale, bkg, rms, kept.sum())
     table = Table([{k: v for k, v in r.items() if k != "kept"} for r in rows])
-    table.meta.update(best_dx=best[0], best_dy=best[1], scale=scale, background=bkg)
+    table["dx"].unit = table["dy"].unit = "pix"
+    table.meta.update(template=name, frame=str(frame_path), best_dx=float(best[0]), best_dy=float(best[1]),
+                      scale=scale, background=bkg, rms=rms, n_pix=int(kept.sum()), refine_steps=n_iter,
+                      scale_fitted=fixed is None)
+    with atomic_path(out) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
+    return table
 
-    base = _wcs_header(frame, frame.carry)
-    base["TEMPLATE"] = (name, "template name (config templates.<name>)")
-    base["FRAME"] = str(frame_path)[-68:]
-    base["FLXSCALE"] = (scale, "frame units per reference unit (fitted)" if fixed is None else "configured")
-    base["BKG"] = (bkg, "additive background of the frame (frame units/px)")
-    base["BESTDX"] = (best[0], "best offset x (coarse px)")
-    base["BESTDY"] = (best[1], "best offset y (coarse px)")
-    with fits.open(frame_path) as hdul:
-        bunit = hdul[frame.hdu].header.get("BUNIT", "")
-    for i, (dx, dy) in enumerate(tiles.offsets):
-        header = base.copy()
-        header["TPLDX"] = (dx, "offset of this template x (coarse px)")
-        header["TPLDY"] = (dy, "offset of this template y (coarse px)")
-        header["FITRMS"] = (rows[i]["rms"], "rms of frame - (scale*template + bkg) at this offset")
-        sci_h = base.copy()
-        sci_h["BUNIT"] = bunit
-        hdus = fits.HDUList([
-            fits.PrimaryHDU(header=header),
-            fits.ImageHDU((scale * sci[i]).astype(np.float32), header=sci_h, name="SCI"),
-            fits.ImageHDU(cov[i], header=frame.wcs.to_header(relax=True), name="COVERAGE"),
-            fits.ImageHDU(mask[i], header=frame.wcs.to_header(relax=True), name="MASK"),
-        ])
+
+def _nearest(offsets, best):
+    return int(np.argmin([(dx - best[0]) ** 2 + (dy - best[1]) ** 2 for dx, dy in offsets]))
+
+
+def _product_header(frame, fit, name):
+    header = _wcs_header(frame, frame.carry)
+    header["TEMPLATE"] = (name, "template name (config templates.<name>)")
+    header["FRAME"] = str(frame.path)[-68:]
+    header["FLXSCALE"] = (fit.meta["scale"], "frame units per reference unit")
+    header["BKG"] = (fit.meta["background"], "fitted frame background (frame units/px)")
+    header["BESTDX"] = (fit.meta["best_dx"], "best offset x (coarse px)")
+    header["BESTDY"] = (fit.meta["best_dy"], "best offset y (coarse px)")
+    with fits.open(frame.path) as hdul:
+        header["BUNIT"] = hdul[frame.hdu].header.get("BUNIT", "")
+    return header
+
+
+def write_template(frame_path, tile_paths, fit_path, dx, dy, out, png, *, name):
+    """Write one offset's template (frame units per pixel, COVERAGE, MASK) and its preview."""
+    frame = geometry.read_frame(frame_path)
+    fit = Table.read(fit_path, format="ascii.ecsv")
+    tiles = TileSet(tile_paths, frame.shape)
+    matches = [i for i, o in enumerate(tiles.offsets) if abs(o[0] - dx) < 5e-3 and abs(o[1] - dy) < 5e-3]
+    if not matches:
+        raise BandersnakeError(f"templates {name}: offset ({dx}, {dy}) is not among {tiles.offsets}")
+    i = matches[0]
+    sci, cov, mask = tiles.grid()
+    header = _product_header(frame, fit, name)
+    header["TPLDX"] = (dx, "offset of this template x (coarse px)")
+    header["TPLDY"] = (dy, "offset of this template y (coarse px)")
+    header["FITRMS"] = (float(fit["rms"][i]), "rms of the fit at this offset (frame units)")
+    wcs_h = frame.wcs.to_header(relax=True)
+    hdus = fits.HDUList([
+        fits.PrimaryHDU(header=header),
+        fits.ImageHDU((fit.meta["scale"] * sci[i]).astype(np.float32), header=header, name="SCI"),
+        fits.ImageHDU(cov[i], header=wcs_h, name="COVERAGE"),
+        fits.ImageHDU(mask[i], header=wcs_h, name="MASK"),
+    ])
+    write_fits(hdus, out)
+    preview(fit.meta["scale"] * sci[i], png, f"{name}: template {offset_tag(dx, dy)} ({header['BUNIT']})",
+            mask=mask[i] & OUTSIDE)
+    return out
+
+
+def write_difference(frame_path, tile_paths, fit_path, out, png, *, name):
+    """Write ``difference.fits``: frame - (scale x template at the best offset + background)."""
+    frame = geometry.read_frame(frame_path)
+    data = read_frame_data(frame)
+    fit = Table.read(fit_path, format="ascii.ecsv")
+    tiles = TileSet(tile_paths, frame.shape)
+    best = (fit.meta["best_dx"], fit.meta["best_dy"])
+    model = fit.meta["scale"] * tiles.at(*best) + fit.meta["background"]
+    _, _, mask = tiles.grid()
+    dmask = mask[_nearest(tiles.offsets, best)].copy()
+    dmask[~np.isfinite(data)] |= NO_REFERENCE
+    diff = data - model
+    header = _product_header(frame, fit, name)
+    header["FITRMS"] = (fit.meta["rms"], "rms of the difference over the fitted pixels")
+    wcs_h = frame.wcs.to_header(relax=True)
+    hdus = fits.HDUList([
+        fits.PrimaryHDU(header=header),
+        fits.ImageHDU(diff.astype(np.float32), header=header, name="SCI"),
+        fits.ImageHDU(dmask, header=wcs_h, name="MASK"),
+        fits.BinTableHDU(Table(fit, meta={}), name="OFFSETS"),
+    ])
+    write_fits(hdus, out)
+    preview(diff, png, f"{name}: frame - template (offset {best[0]:+.3f}, {best[1]:+.3f})",
+            mask=dmask & (OUTSIDE | NO_REFERENCE))
+    return out
+
+
+def assemble(frame_path, tile_paths, out_dir, *, name, flux_scale="fit", difference=True,
+             refine=True, clip_sigma=4.0):
+    """Every gather product in one call: offsets.ecsv, each template, the difference (+ PNGs).
+
+    Returns
+    -------
+    dict
+        ``scale``, ``background``, ``best`` (dx, dy), ``table`` (offsets.ecsv).
+    """
+    from pathlib import Path
+
+    out_dir = Path(out_dir)
+    fit = fit_offsets(frame_path, tile_paths, out_dir / "offsets.ecsv", name=name, flux_scale=flux_scale,
+                      refine=refine, clip_sigma=clip_sigma)
+    for dx, dy in zip(fit["dx"], fit["dy"]):
         tag = offset_tag(dx, dy)
-        write_fits(hdus, out_dir / f"template_{tag}.fits")
-        preview(scale * sci[i], out_dir / f"template_{tag}.png",
-                f"{name}: template {tag} (frame units)", mask=mask[i] & OUTSIDE)
+        write_template(frame_path, tile_paths, out_dir / "offsets.ecsv", dx, dy,
+                       out_dir / f"template_{tag}.fits", out_dir / f"template_{tag}.png", name=name)
     if difference:
-        diff = data - (scale * best_t + bkg)
-        dmask = mask[nearest].copy()
-        dmask[~finite] |= NO_REFERENCE
-        header = base.copy()
-        header["FITRMS"] = (rms, "rms of the difference over the fitted pixels")
-        hdus = fits.HDUList([
-            fits.PrimaryHDU(header=header),
-            fits.ImageHDU(diff.astype(np.float32), header=base.copy(), name="SCI"),
-            fits.ImageHDU(dmask, header=frame.wcs.to_header(relax=True), name="MASK"),
-            fits.BinTableHDU(table, name="OFFSETS"),
-        ])
-        write_fits(hdus, out_dir / "difference.fits")
-        preview(diff, out_dir / "difference.png",
-                f"{name}: frame - template (best offset {best[0]:+.3f}, {best[1]:+.3f})",
-                mask=dmask & (OUTSIDE | NO_REFERENCE))
-    return dict(scale=scale, background=bkg, best=best, table=table, low_coverage_bit=LOW_COVERAGE)
+        write_difference(frame_path, tile_paths, out_dir / "offsets.ecsv", out_dir / "difference.fits",
+                         out_dir / "difference.png", name=name)
+    return dict(scale=fit.meta["scale"], background=fit.meta["background"],
+                best=(fit.meta["best_dx"], fit.meta["best_dy"]), table=fit)

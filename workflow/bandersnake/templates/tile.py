@@ -330,9 +330,9 @@ def build_tile(frame_path, mapping_path, psf_path, tile_name, out, *, k, band_we
     header["OFFMARG"] = (m_off, "coarse px of SUPER around the tile")
     header["NCELLS"] = (stats["n_cells"], "reference sections drizzled")
     header["NFINE"] = (stats["n_fine"], "reference pixels read")
-    header["NINTERP"] = (stats["n_interp"], "isolated masked reference pixels interpolated")
+    header["NINTERP"] = (stats["n_interp"], "isolated masked ref. pixels interpolated")
     for band, level in stats["fill"].items():
-        header[f"FILL_{band[:3].upper()}"] = (level, f"fill level of band {band} (ref. units / super px)")
+        header[f"FILL_{band[:3].upper()}"] = (level, f"fill of band {band[:8]} (ref. units/super px)")
     header["PEAKMB"] = (round(peak_rss_mb(), 1), "peak RSS of the tile job (MB)")
     header["RUNTIME"] = (round(time.perf_counter() - t0, 2), "s")
     hdus = [
