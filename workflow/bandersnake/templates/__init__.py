@@ -1,8 +1,9 @@
 """Templates from a finer survey image on a coarse detector's grid, and difference images.
 
 Entry points (imported lazily, PEP 562, so importing the stage costs nothing until used):
-:func:`write_psf`, :func:`write_mapping`, :func:`build_tile`, :func:`assemble`,
-:func:`make_template` (all steps in one process).
+:func:`write_psf`, :func:`write_mapping`, :func:`build_tile` (scatter), :func:`fit_offsets`,
+:func:`write_template`, :func:`write_difference` (gather), :func:`make_template` (every step in
+one process, :func:`assemble` the gather steps).
 """
 
 _ENTRY_POINTS = {
@@ -10,6 +11,9 @@ _ENTRY_POINTS = {
     "write_mapping": ".build",
     "build_tile": ".tile",
     "assemble": ".assemble",
+    "fit_offsets": ".assemble",
+    "write_template": ".assemble",
+    "write_difference": ".assemble",
     "make_template": ".run",
     "settings": ".run",
 }

@@ -8,6 +8,7 @@ to 1 away from the array edge): flux is conserved exactly, no interpolation.
 """
 
 import math
+import re
 
 import numpy as np
 from scipy import sparse
@@ -79,3 +80,11 @@ def bin_offset(image, k, start, out_shape, dx, dy):
 def offset_tag(dx, dy):
     """File-name tag of an offset: ``dx+0.50_dy+0.00``."""
     return f"dx{dx:+.2f}_dy{dy:+.2f}"
+
+
+def parse_tag(tag):
+    """``(dx, dy)`` of a file-name tag ``dx+0.50_dy+0.00``."""
+    m = re.fullmatch(r"dx([+-][0-9]+\.[0-9]+)_dy([+-][0-9]+\.[0-9]+)", tag)
+    if m is None:
+        raise ValueError(f"not an offset tag: {tag!r}")
+    return float(m.group(1)), float(m.group(2))

@@ -4,38 +4,34 @@ The workflow runs the same functions as separate jobs: ``templates_psf`` -> ``te
 -> one ``templates_tile`` per tile -> ``templates_assemble``.
 """
 
+import copy
 from pathlib import Path
+
+from ..config import validate
+from ..errors import ConfigError
 
 from . import geometry
 from .assemble import assemble
 from .build import write_mapping, write_psf
+from .offsets import offset_tag
 from .tile import build_tile
 
-#: Defaults of one entry of the ``templates`` config section (see config/schemas/templates.schema.yaml).
-DEFAULTS = dict(
-    references=None,
-    reference_table=None,
-    mask_suffix=".mask.fits",
-    ignore_mask_bits=[12],
-    band_weights={},
-    psf={"model": "gaussian", "fwhm_arcsec": None, "saturation": None},
-    offsets=[[0.0, 0.0], [0.5, 0.0], [0.0, 0.5], [0.5, 0.5]],
-    tile_px=256,
-    supersample=8,
-    fill="median",
-    min_coverage=0.9,
-    flux_scale="fit",
-    refine_offset=True,
-    clip_sigma=4.0,
-    difference=True,
-)
+def settings(entry, source="config: templates"):
+    """One template's settings, validated against templates.schema.yaml with its defaults filled in.
 
-
-def settings(entry):
-    """One template's settings with the defaults filled in."""
-    cfg = {**DEFAULTS, **entry}
-    cfg["psf"] = {**DEFAULTS["psf"], **(entry.get("psf") or {})}
+    Raises
+    ------
+    ConfigError
+        Naming ``source`` and the key.
+    """
+    cfg = validate(copy.deepcopy(dict(entry)), "templates.schema.yaml", source)
+    cfg["psf"] = {"model": "gaussian", "fwhm_arcsec": None, "saturation": None, **cfg.get("psf", {})}
     cfg["offsets"] = [tuple(map(float, o)) for o in cfg["offsets"]]
+    tags = [offset_tag(*o) for o in cfg["offsets"]]
+    if len(set(tags)) != len(tags):
+        raise ConfigError(f"{source}: offsets must differ at two decimals (they name the files): {tags}")
+    if cfg["psf"]["model"] == "gaussian" and not cfg["psf"]["fwhm_arcsec"]:
+        raise ConfigError(f"{source}: psf: model gaussian needs fwhm_arcsec")
     return cfg
 
 
@@ -47,7 +43,7 @@ def make_template(name, entry, out_dir, work_dir):
     dict
         The result of :func:`.assemble.assemble` plus ``tiles`` (tile file paths).
     """
-    cfg = settings(entry)
+    cfg = settings(entry, f"templates.{name}")
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     psf_path = work_dir / "psf.fits"
     write_psf(cfg["frame"], psf_path, model=cfg["psf"]["model"], k=cfg["supersample"],

@@ -1,0 +1,16 @@
+from bandersnake.logs import log_to
+from bandersnake.templates import write_template
+from bandersnake.templates.offsets import parse_tag
+
+with log_to(snakemake.log[0]):
+    dx, dy = parse_tag(snakemake.wildcards.tag)
+    write_template(
+        snakemake.input.frame,
+        list(snakemake.input.tiles),
+        snakemake.input.fit,
+        dx,
+        dy,
+        snakemake.output.fits,
+        snakemake.output.png,
+        name=snakemake.wildcards.name,
+    )
