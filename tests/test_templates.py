@@ -131,6 +131,20 @@ def test_tile_grid_and_tess_science_region(tmp_path):
     assert geometry._science_region(h, (2078, 2136)) == (44, 2092, 0, 2048)
 
 
+def test_settings_name_the_bad_key():
+    from bandersnake.errors import ConfigError
+    from bandersnake.templates.run import settings
+
+    cfg = settings({"frame": "f.fits", "references": "r*.fits", "psf": {"fwhm_arcsec": 35.0}}, "templates.x")
+    assert cfg["tile_px"] == 256 and cfg["offsets"][1] == (0.5, 0.0) and cfg["ignore_mask_bits"] == [12]
+    with pytest.raises(ConfigError, match="tile_pix"):
+        settings({"frame": "f", "references": "r", "psf": {"fwhm_arcsec": 35.0}, "tile_pix": 3}, "templates.x")
+    with pytest.raises(ConfigError, match="fwhm_arcsec"):
+        settings({"frame": "f", "references": "r"}, "templates.x")
+    with pytest.raises(ConfigError, match="two decimals"):
+        settings({"frame": "f", "references": "r", "psf": {"fwhm_arcsec": 1.0}, "offsets": [[0, 0], [0.001, 0]]})
+
+
 def test_gaussian_kernel_conserves_flux():
     psf = gaussian_kernel(3.2)
     assert psf.kernel.sum() == pytest.approx(1.0, abs=1e-12)
