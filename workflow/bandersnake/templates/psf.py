@@ -151,27 +151,3 @@ def convolve_moments(flux, mom_s, mom_t, psf):
 def convolve_plain(image, psf):
     """Convolve ``image`` with the PSF alone (used for coverage maps)."""
     return _conv(image, psf.kernel, psf.separable, "")
-
-
-def box_deconvolve(epsf, box, iterations=50):
-    """Richardson-Lucy removal of a ``box`` x ``box`` pixel response from an oversampled ePSF.
-
-    An effective PSF measured on coarse frames is the optical PSF convolved with the coarse
-    pixel (``box`` supersampled pixels wide); the template applies the pixel when binning, so the
-    convolution kernel must be the optical PSF. Non-negative, flux-preserving.
-    """
-    epsf = np.clip(np.asarray(epsf, float), 0, None)
-    epsf = epsf / epsf.sum()
-    pad = box
-    obs = np.pad(epsf, pad)
-    b = np.ones((box, box)) / box**2
-    if box % 2 == 0:
-        b = np.pad(b, ((0, 1), (0, 1)))
-        b = 0.25 * (b + np.roll(b, 1, 0) + np.roll(b, 1, 1) + np.roll(np.roll(b, 1, 0), 1, 1))
-    est = obs.copy() + 1e-12
-    for _ in range(iterations):
-        conv = signal.oaconvolve(est, b, mode="same")
-        ratio = np.where(conv > 1e-15, obs / np.maximum(conv, 1e-15), 0.0)
-        est *= signal.oaconvolve(ratio, b[::-1, ::-1], mode="same")
-    est = est[pad:-pad, pad:-pad]
-    return est / est.sum()
