@@ -150,14 +150,20 @@ def part_tile(workdir, n_side):
         f"{str(work / 'tile.fits')!r}, k=8, band_weights=None, offsets={offsets!r}, mask_suffix='.mask.fits')"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT / "workflow"))
+    import resource
+
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     wall = time.perf_counter() - t0
+    child = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = child.ru_utime + child.ru_stime
     h = fits.getheader(work / "tile.fits")
     print(f"[tile] 256^2 tile of a 2048^2 grid (x0044_y0000), {h['NCELLS']} PS1-sized cells, "
           f"{h['NFINE'] / 1e6:.0f} M reference px read")
-    print(f"[tile] peak RSS {h['PEAKMB']:.0f} MB; job {h['RUNTIME']:.1f} s in-process ({wall:.1f} s with start-up); "
-          f"{h['NFINE'] / h['RUNTIME'] / 1e6:.1f} M reference px/s")
+    print(f"[tile] peak RSS {h['PEAKMB']:.0f} MB; job {h['RUNTIME']:.1f} s wall in-process ({wall:.1f} s with "
+          f"start-up), {cpu:.1f} s CPU: {h['NFINE'] / cpu / 1e6:.1f} M reference px per CPU second")
+    print(f"[tile] whole CCD, this density (16 cells per tile and band) x 3 bands: 64 tiles x 3 x {cpu:.0f} s = "
+          f"{64 * 3 * cpu / 3600:.1f} CPU hours")
 
 
 def part_plan(workdir, n_side):

@@ -133,7 +133,7 @@ def test_tile_grid_and_tess_science_region(tmp_path):
 
 def test_settings_name_the_bad_key():
     from bandersnake.errors import ConfigError
-    from bandersnake.templates.run import settings
+    from bandersnake.templates.settings import settings
 
     cfg = settings({"frame": "f.fits", "references": "r*.fits", "psf": {"fwhm_arcsec": 35.0}}, "templates.x")
     assert cfg["tile_px"] == 256 and cfg["offsets"][1] == (0.5, 0.0) and cfg["ignore_mask_bits"] == [12]

@@ -15,7 +15,7 @@ _ENTRY_POINTS = {
     "write_template": ".assemble",
     "write_difference": ".assemble",
     "make_template": ".run",
-    "settings": ".run",
+    "settings": ".settings",
 }
 
 

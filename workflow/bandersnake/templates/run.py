@@ -1,38 +1,17 @@
 """All steps of one template in one process (tests, benchmarks, a quick look without Snakemake).
 
 The workflow runs the same functions as separate jobs: ``templates_psf`` -> ``templates_mapping``
--> one ``templates_tile`` per tile -> ``templates_assemble``.
+-> one ``templates_tile`` per tile -> ``templates_fit`` -> ``templates_template`` per offset and
+``templates_difference``.
 """
 
-import copy
 from pathlib import Path
-
-from ..config import validate
-from ..errors import ConfigError
 
 from . import geometry
 from .assemble import assemble
 from .build import write_mapping, write_psf
-from .offsets import offset_tag
+from .settings import settings
 from .tile import build_tile
-
-def settings(entry, source="config: templates"):
-    """One template's settings, validated against templates.schema.yaml with its defaults filled in.
-
-    Raises
-    ------
-    ConfigError
-        Naming ``source`` and the key.
-    """
-    cfg = validate(copy.deepcopy(dict(entry)), "templates.schema.yaml", source)
-    cfg["psf"] = {"model": "gaussian", "fwhm_arcsec": None, "saturation": None, **cfg.get("psf", {})}
-    cfg["offsets"] = [tuple(map(float, o)) for o in cfg["offsets"]]
-    tags = [offset_tag(*o) for o in cfg["offsets"]]
-    if len(set(tags)) != len(tags):
-        raise ConfigError(f"{source}: offsets must differ at two decimals (they name the files): {tags}")
-    if cfg["psf"]["model"] == "gaussian" and not cfg["psf"]["fwhm_arcsec"]:
-        raise ConfigError(f"{source}: psf: model gaussian needs fwhm_arcsec")
-    return cfg
 
 
 def make_template(name, entry, out_dir, work_dir):

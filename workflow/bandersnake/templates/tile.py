@@ -86,7 +86,7 @@ def read_section(path, section, mask_path=None, ignore_mask_bits=(), mask_hdu=No
 
     Returns
     -------
-    data : ndarray float64
+    data : ndarray float32
         Flux per fine pixel (PS1 asinh coding undone).
     good : ndarray bool
         Finite and no mask bit outside ``ignore_mask_bits``.
@@ -98,7 +98,7 @@ def read_section(path, section, mask_path=None, ignore_mask_bits=(), mask_hdu=No
             if idx is None:
                 raise FrameError(path, "no 2-D image HDU")
             hdu = hdul[idx]
-            data = _cutout(hdu, section).astype(np.float64)
+            data = _cutout(hdu, section).astype(np.float32, copy=False)
             data = ps1_flux(data, hdu.header)
             mask = None
             if mask_path is None:
@@ -115,10 +115,14 @@ def read_section(path, section, mask_path=None, ignore_mask_bits=(), mask_hdu=No
             raise FrameError(mask_path, f"unreadable mask ({err})") from err
     good = np.isfinite(data)
     if mask is not None:
+        if mask.dtype.kind not in "iu":
+            raise FrameError(mask_path or path, f"mask is not an integer bitmask ({mask.dtype})")
         ignore = 0
         for bit in ignore_mask_bits:
             ignore |= 1 << int(bit)
-        good &= (mask.astype(np.int64) & ~ignore) == 0
+        bits = mask.view(f"u{mask.dtype.itemsize}") if mask.dtype.kind == "i" else mask  # every bit, sign too
+        keep = np.array(~ignore & np.iinfo(bits.dtype).max, dtype=bits.dtype)
+        good &= (bits & keep) == 0
     return data, good
 
 
