@@ -84,7 +84,7 @@ def render(shape, x, y, flux, sigma, radius=None):
 
 def simulate_pair(out_dir, *, seed=1, n_stars=150, coarse_shape=(64, 64), coarse_scale=21.0,
                   ratio=16, fwhm_arcsec=35.0, ref_fwhm_arcsec=3.5, shift=(0.30, -0.20),
-                  bands=None, scale=250.0, sky=5000.0, ref_noise=0.02, coarse_noise=True,
+                  bands=None, scale=250.0, sky=5000.0, ref_noise=0.001, coarse_noise=True,
                   read_noise=10.0, variable=0.2, n_cells=(2, 2), cell_overlap=0.25,
                   ra=120.0, dec=-30.0, rotation=12.0, saturate=True):
     """Write reference cells, masks and a coarse frame; return the truth.

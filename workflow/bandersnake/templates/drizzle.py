@@ -195,9 +195,11 @@ def fill_isolated(data, good, min_good=6):
     """Interpolate isolated masked pixels from their good neighbours (in place).
 
     A masked pixel with at least ``min_good`` good pixels among its 8 neighbours (a lone bad
-    pixel, a bad column) takes the mean of those neighbours and becomes good: a symmetric
-    estimate whose error is second order in the image's curvature. Larger masked areas
-    (saturated stars, cell edges, gaps) are left masked and contribute nothing.
+    pixel, a bad column) is interpolated and becomes good: with all 8 neighbours good, the
+    value at the centre of the least-squares quadratic surface through them
+    (``sum(edges) / 2 - sum(corners) / 4``, exact for quadratics, so a star's peak is not
+    flattened), else the mean of the good neighbours. Larger masked areas (saturated stars,
+    cell edges, gaps) are left masked and contribute nothing.
 
     Parameters
     ----------
@@ -219,6 +221,8 @@ def fill_isolated(data, good, min_good=6):
                 continue
             n = 0
             s = 0.0
+            edges = 0.0
+            corners = 0.0
             for di in range(-1, 2):
                 for dj in range(-1, 2):
                     ii = i + di
@@ -226,10 +230,16 @@ def fill_isolated(data, good, min_good=6):
                     if (di != 0 or dj != 0) and 0 <= ii < ny and 0 <= jj < nx and good[ii, jj]:
                         n += 1
                         s += data[ii, jj]
+                        if di == 0 or dj == 0:
+                            edges += data[ii, jj]
+                        else:
+                            corners += data[ii, jj]
             if n >= min_good:
                 todo_i.append(i)
                 todo_j.append(j)
-                todo_v.append(s / n)
+                # all 8 good: the centre of the least-squares quadratic surface through them
+                # (exact for any quadratic, so a star's peak is not flattened); else their mean
+                todo_v.append(0.5 * edges - 0.25 * corners if n == 8 else s / n)
     for m in range(len(todo_i)):
         data[todo_i[m], todo_j[m]] = todo_v[m]
         good[todo_i[m], todo_j[m]] = True
