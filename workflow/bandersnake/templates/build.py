@@ -14,7 +14,6 @@ import math
 import numpy as np
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
-from astropy.table import Table
 
 from ..errors import BandersnakeError, FrameError
 from ..fitsio import atomic_path, write_fits
