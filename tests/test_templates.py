@@ -283,3 +283,45 @@ def test_products_headers_and_mapping(built):
     assert set(mapping["tile"]) == {"x0000_y0000", "x0032_y0000", "x0000_y0032", "x0032_y0032"}
     # 4 tiles: the cells overlap, so every tile needs more than one cell per band
     assert all((mapping["tile"] == t).sum() > 3 for t in set(mapping["tile"]))
+
+
+# ------------------------------------------------------------------ reference formats
+def test_ps1_asinh_coding_is_undone():
+    from bandersnake.templates.tile import ps1_flux
+
+    flux = np.array([-5.0, 0.0, 10.0, 1e4])  # per exposure
+    h = fits.Header()
+    h.update(BSOFTEN=2.5, BOFFSET=0.3, EXPTIME=40.0)
+    a = 2.5 / np.log(10)
+    coded = a * np.arcsinh((flux - 0.3) / (2 * 2.5))  # PS1's stored value
+    assert ps1_flux(coded, h) == pytest.approx(flux / 40.0, rel=1e-12, abs=1e-12)
+    assert ps1_flux(coded, fits.Header()) is coded  # other images: as they are
+
+
+def test_compressed_cells_masks_and_reference_table(tmp_path):
+    from bandersnake.sim.survey import tan_header
+    from bandersnake.templates.tile import read_section
+
+    rng = np.random.default_rng(5)
+    h = tan_header(120.0, -30.0, 1.3, 2.0, (200, 300))
+    data = rng.normal(0, 1, (200, 300)).astype(np.float32)
+    mask = np.zeros((200, 300), np.int16)
+    mask[50, 60] = 1 << 3
+    mask[70, 80] = -32768  # bit 15: the sign bit of an int16 mask still excludes the pixel
+    mask[90, 100] = 1 << 12  # ignored
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, header=h)]).writeto(
+        tmp_path / "skycell.1234.056.r.fits.fz")
+    fits.HDUList([fits.PrimaryHDU(data, header=h), fits.ImageHDU(mask, name="MASK")]).writeto(tmp_path / "own.fits")
+    d, g = read_section(str(tmp_path / "skycell.1234.056.r.fits.fz"), (10, 250, 20, 180))
+    full = fits.getdata(tmp_path / "skycell.1234.056.r.fits.fz", 1)  # as decompressed by astropy
+    assert np.array_equal(d, full[20:180, 10:250]) and g.all()
+    d, g = read_section(str(tmp_path / "own.fits"), (0, 300, 0, 200), ignore_mask_bits=[12])
+    assert (~g).sum() == 2 and not g[50, 60] and not g[70, 80] and g[90, 100]
+    # a cell table (Syndiff's skycell_wcs.csv) replaces the headers, matched by cell name
+    row = {k: h[k] for k in ("NAXIS1", "NAXIS2", "CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2",
+                             "CD1_1", "CD1_2", "CD2_1", "CD2_2")}
+    Table([{"NAME": "skycell.1234.056", **row}]).write(tmp_path / "cells.csv", format="ascii.csv")
+    cells = geometry.read_cells([str(tmp_path / "skycell.1234.056.r.fits.fz")], set(), None,
+                                str(tmp_path / "cells.csv"))
+    assert cells[0].name == "skycell.1234.056" and cells[0].shape == (200, 300)
+    assert cells[0].wcs.pixel_to_world(5, 7).separation(WCS(h).pixel_to_world(5, 7)).arcsec < 1e-9

@@ -120,7 +120,8 @@ def read_section(path, section, mask_path=None, ignore_mask_bits=(), mask_hdu=No
         ignore = 0
         for bit in ignore_mask_bits:
             ignore |= 1 << int(bit)
-        bits = mask.view(f"u{mask.dtype.itemsize}") if mask.dtype.kind == "i" else mask  # every bit, sign too
+        # signed masks viewed as unsigned of the same size and byte order: every bit counts, sign too
+        bits = mask.view(mask.dtype.str.replace("i", "u")) if mask.dtype.kind == "i" else mask
         keep = np.array(~ignore & np.iinfo(bits.dtype).max, dtype=bits.dtype)
         good &= (bits & keep) == 0
     return data, good
