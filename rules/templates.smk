@@ -5,7 +5,7 @@ one template per offset, the difference image. The tiles are known when the work
 (from the coarse frame's shape and tile_px), so `snakemake -n` lists every job of a full CCD.
 """
 
-# Input functions and TEMPLATES (the validated `templates` section): rules/common.smk.
+# Input functions and TEMPLATES (the validated `templates` section): rules/common/templates.smk.
 
 
 rule templates:

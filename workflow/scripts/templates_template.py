@@ -1,6 +1,5 @@
 from bandersnake.logs import log_to
-from bandersnake.templates import write_template
-from bandersnake.templates.offsets import parse_tag
+from bandersnake.templates import parse_tag, write_template
 
 with log_to(snakemake.log[0]):
     dx, dy = parse_tag(snakemake.wildcards.tag)

@@ -6,6 +6,8 @@ Entry points (imported lazily, PEP 562, so importing the stage costs nothing unt
 one process, :func:`assemble` the gather steps).
 """
 
+from .._lazy import lazy_exports
+
 _ENTRY_POINTS = {
     "write_psf": ".build",
     "write_mapping": ".build",
@@ -15,16 +17,8 @@ _ENTRY_POINTS = {
     "write_template": ".assemble",
     "write_difference": ".assemble",
     "make_template": ".run",
+    "parse_tag": ".offsets",
     "settings": ".settings",
 }
 
-
-def __getattr__(name):
-    if name in _ENTRY_POINTS:
-        import importlib
-
-        return getattr(importlib.import_module(_ENTRY_POINTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = sorted(_ENTRY_POINTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _ENTRY_POINTS)
