@@ -325,3 +325,25 @@ def test_compressed_cells_masks_and_reference_table(tmp_path):
                                 str(tmp_path / "cells.csv"))
     assert cells[0].name == "skycell.1234.056" and cells[0].shape == (200, 300)
     assert cells[0].wcs.pixel_to_world(5, 7).separation(WCS(h).pixel_to_world(5, 7)).arcsec < 1e-9
+
+
+def test_sip_distorted_frame_round_trip(tmp_path):
+    """A TESS-like frame with SIP distortion: fine -> coarse -> fine through the sky is exact."""
+    from bandersnake.sim.survey import tan_header
+
+    h = tan_header(120.0, -30.0, 21.0, 12.0, (2078, 2136))
+    h["CTYPE1"], h["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
+    h.update(A_ORDER=2, B_ORDER=2, A_2_0=2e-6, A_0_2=-1e-6, A_1_1=3e-6, B_2_0=-2e-6, B_0_2=1.5e-6, B_1_1=1e-6)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((8, 8), np.float32), header=h)]).writeto(
+        tmp_path / "f.fits")
+    frame = geometry.read_frame(tmp_path / "f.fits")
+    cell = WCS(tan_header(122.5, -28.0, 0.25, 1.0, (6250, 6250)))  # ~3 deg from the centre
+    x = np.array([0.0, 3000.5, 6249.0])
+    y = np.array([10.0, 4000.0, 6249.0])
+    X, Y = geometry.fine_to_coarse(cell, frame.wcs, x, y)
+    back = geometry.coarse_to_fine(frame.wcs, cell, X, Y)
+    assert np.allclose(back[0], x, atol=1e-4) and np.allclose(back[1], y, atol=1e-4)
+    # the distortion is real: the SIP positions differ from the plain TAN ones by > 0.1 px here
+    plain = WCS(tan_header(120.0, -30.0, 21.0, 12.0, (2078, 2136)))
+    Xt, _ = geometry.fine_to_coarse(cell, plain, x, y)
+    assert np.abs(X - Xt).max() > 0.1
