@@ -11,4 +11,5 @@ with log_to(snakemake.log[0]):
         flux_scale=cfg["flux_scale"],
         refine=cfg["refine_offset"],
         clip_sigma=cfg["clip_sigma"],
+        background_box=cfg["background_box"],
     )

@@ -240,7 +240,8 @@ def preview(image, path, title, mask=None):
     plt.close(fig)
 
 
-def fit_offsets(frame_path, tile_paths, out, *, name, flux_scale="fit", refine=True, clip_sigma=4.0, box=5):
+def fit_offsets(frame_path, tile_paths, out, *, name, flux_scale="fit", refine=True, clip_sigma=4.0, box=5,
+                background_box=None):
     """Fit the frame at every configured offset, pick and refine the best; write ``offsets.ecsv``.
 
     Parameters
@@ -259,6 +260,10 @@ def fit_offsets(frame_path, tile_paths, out, *, name, flux_scale="fit", refine=T
         Refine the best offset continuously (else: the best configured offset).
     box : int
         The final scale and background are fitted on box x box sums (:func:`box_scale`).
+    background_box : int or None
+        None: one constant background. Else the frame's background varies: a mesh background
+        of this box size (coarse px, :func:`mesh_background`) is taken off before the fits (the
+        fitted ``background`` is then what remains, ~0).
 
     Returns
     -------
@@ -270,6 +275,22 @@ def fit_offsets(frame_path, tile_paths, out, *, name, flux_scale="fit", refine=T
     sci, _, mask = tiles.grid()
     fixed = None if flux_scale in (None, "fit") else float(flux_scale)
     finite = np.isfinite(data)
+    if background_box:
+        # a background varying over the frame (scattered light): first a constant fit at the
+        # configured offsets, then the mesh background of the residual is taken off the frame
+        # (iterated: the scale of the first fit is pulled by the background it ignores)
+        raw = data
+        for _ in range(3):
+            first = []
+            for i in range(len(tiles.offsets)):
+                use = finite & (mask[i] == 0) & np.isfinite(sci[i])
+                first.append(fit_scale(data, sci[i], use, fixed, clip_sigma))
+            i0 = int(np.argmin([f[2] for f in first]))
+            a0, _, _, kept0 = first[i0]
+            bmap = mesh_background(raw - a0 * sci[i0], ~kept0, background_box)
+            if bmap is None:
+                break
+            data = raw - bmap
     rows = []
     for i, (dx, dy) in enumerate(tiles.offsets):
         use = finite & (mask[i] == 0) & np.isfinite(sci[i])
@@ -297,10 +318,33 @@ def fit_offsets(frame_path, tile_paths, out, *, name, flux_scale="fit", refine=T
     table["dx"].unit = table["dy"].unit = "pix"
     table.meta.update(template=name, frame=str(frame_path), best_dx=float(best[0]), best_dy=float(best[1]),
                       scale=scale, background=bkg, rms=rms, n_pix=int(kept.sum()), refine_steps=n_iter,
-                      scale_fitted=fixed is None)
+                      scale_fitted=fixed is None, background_box=background_box or 0)
     with atomic_path(out) as tmp:
         table.write(tmp, format="ascii.ecsv", overwrite=True)
     return table
+
+
+def mesh_background(resid, bad, box):
+    """Smooth background of ``resid`` (frame - scaled template): sigma-clipped medians in boxes of
+    ``box`` coarse pixels (photutils ``Background2D``; the mesh median-filtered 3 x 3 when the frame
+    is at least 8 boxes wide), interpolated.
+
+    Returns the map, or None when the frame has too few usable boxes.
+    """
+    from astropy.stats import SigmaClip
+    from photutils.background import Background2D, MedianBackground
+
+    # the 3 x 3 median filter of the mesh (against boxes dominated by a bright star) needs enough
+    # boxes: on a small frame it flattens the edges
+    filter_size = 3 if min(resid.shape) >= 8 * box else 1
+    try:
+        bkg = Background2D(np.where(bad, 0.0, resid), box, mask=bad, filter_size=filter_size,
+                           sigma_clip=SigmaClip(sigma=3.0), bkg_estimator=MedianBackground(),
+                           exclude_percentile=50)
+    except ValueError as err:
+        log.warning("mesh background not possible (%s): constant background kept", err)
+        return None
+    return np.asarray(bkg.background, float)
 
 
 def _nearest(offsets, best):
@@ -359,6 +403,12 @@ def write_difference(frame_path, tile_paths, fit_path, out, png, *, name):
     dmask = mask[_nearest(tiles.offsets, best)].copy()
     dmask[~np.isfinite(data)] |= NO_REFERENCE
     diff = data - model
+    box = int(fit.meta.get("background_box", 0) or 0)
+    if box:
+        bad = (dmask != 0) | ~np.isfinite(diff)
+        bmap = mesh_background(diff, bad, box)
+        if bmap is not None:
+            diff = diff - bmap
     header = _product_header(frame, fit, name)
     header["FITRMS"] = (fit.meta["rms"], "rms of the difference over the fitted pixels")
     wcs_h = frame.wcs.to_header(relax=True)
@@ -375,7 +425,7 @@ def write_difference(frame_path, tile_paths, fit_path, out, png, *, name):
 
 
 def assemble(frame_path, tile_paths, out_dir, *, name, flux_scale="fit", difference=True,
-             refine=True, clip_sigma=4.0):
+             refine=True, clip_sigma=4.0, background_box=None):
     """Every gather product in one call: offsets.ecsv, each template, the difference (+ PNGs).
 
     Returns
@@ -387,7 +437,7 @@ def assemble(frame_path, tile_paths, out_dir, *, name, flux_scale="fit", differe
 
     out_dir = Path(out_dir)
     fit = fit_offsets(frame_path, tile_paths, out_dir / "offsets.ecsv", name=name, flux_scale=flux_scale,
-                      refine=refine, clip_sigma=clip_sigma)
+                      refine=refine, clip_sigma=clip_sigma, background_box=background_box)
     for dx, dy in zip(fit["dx"], fit["dy"]):
         tag = offset_tag(dx, dy)
         write_template(frame_path, tile_paths, out_dir / "offsets.ecsv", dx, dy,

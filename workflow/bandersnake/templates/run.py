@@ -43,6 +43,6 @@ def make_template(name, entry, out_dir, work_dir):
         tiles.append(str(path))
     result = assemble(cfg["frame"], tiles, out_dir, name=name, flux_scale=cfg["flux_scale"],
                       difference=cfg["difference"], refine=cfg["refine_offset"],
-                      clip_sigma=cfg["clip_sigma"])
+                      clip_sigma=cfg["clip_sigma"], background_box=cfg["background_box"])
     result["tiles"] = tiles
     return result
