@@ -411,6 +411,7 @@ def write_difference(frame_path, tile_paths, fit_path, out, png, *, name):
             diff = diff - bmap
     header = _product_header(frame, fit, name)
     header["FITRMS"] = (fit.meta["rms"], "rms of the difference over the fitted pixels")
+    header["BKGBOX"] = (box, "mesh background box (coarse px); 0: constant BKG only")
     wcs_h = frame.wcs.to_header(relax=True)
     hdus = fits.HDUList([
         fits.PrimaryHDU(header=header),
