@@ -214,13 +214,14 @@ def _wcs_header(frame, carry):
     return header
 
 
-def preview(image, path, title, mask=None):
-    """PNG preview of an image (asinh stretch between robust limits, masked pixels grey)."""
+def preview(image, path, title, mask=None, zscale=True):
+    """PNG preview of an image: asinh stretch between zscale limits (a difference image) or the
+    0.5-99.8 percentiles (a template, whose sky is ~0); masked pixels tinted red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from astropy.visualization import AsinhStretch, ImageNormalize, ZScaleInterval
+    from astropy.visualization import AsinhStretch, AsymmetricPercentileInterval, ImageNormalize, ZScaleInterval
 
     data = np.array(image, dtype=float)
     if mask is not None:
@@ -228,7 +229,8 @@ def preview(image, path, title, mask=None):
     finite = data[np.isfinite(data)]
     fig, ax = plt.subplots(figsize=(6, 6), dpi=100)
     if finite.size:
-        norm = ImageNormalize(finite, interval=ZScaleInterval(), stretch=AsinhStretch(0.1))
+        interval = ZScaleInterval() if zscale else AsymmetricPercentileInterval(0.5, 99.8)
+        norm = ImageNormalize(finite, interval=interval, stretch=AsinhStretch(0.1 if zscale else 0.02))
         cmap = plt.get_cmap("gray").with_extremes(bad=(1.0, 0.0, 0.0, 0.25))
         im = ax.imshow(data, origin="lower", cmap=cmap, norm=norm, interpolation="nearest")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -387,7 +389,7 @@ def write_template(frame_path, tile_paths, fit_path, dx, dy, out, png, *, name):
     ])
     write_fits(hdus, out)
     preview(fit.meta["scale"] * sci[i], png, f"{name}: template {offset_tag(dx, dy)} ({header['BUNIT']})",
-            mask=mask[i] & OUTSIDE)
+            mask=mask[i] & OUTSIDE, zscale=False)
     return out
 
 
