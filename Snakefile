@@ -31,6 +31,7 @@ include: "rules/kbmod.smk"
 include: "rules/stack.smk"
 include: "rules/analysis.smk"
 include: "rules/publish.smk"
+include: "rules/templates.smk"
 
 
 if STAGING:
@@ -39,10 +40,11 @@ if STAGING:
 
 
 # Every night (listed in config or discovered under raw_root) published in results/, plus the
-# multi-night precision-versus-brightness plot.
+# multi-night precision-versus-brightness plot, and every configured template.
 rule all:
     default_target: True
     input:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
         PRECISION_SUMMARY,
         stack_nights_targets,
+        all_template_products(),
