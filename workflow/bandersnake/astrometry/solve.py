@@ -141,10 +141,20 @@ def background_mesh(image, box=64):
     rms = np.where(empty | ~(rms > 0), np.nan, rms)
     med = np.where(np.isfinite(med), med, np.nanmedian(med) if np.isfinite(med).any() else 0.0)
     rms = np.where(np.isfinite(rms), rms, np.nanmedian(rms) if np.isfinite(rms).any() else 1.0)
-    zoom = (ny / by, nx / bx)
-    bkg = ndimage.zoom(med, zoom, order=1, mode="nearest", grid_mode=True)[:ny, :nx]
-    noise = ndimage.zoom(rms, zoom, order=1, mode="nearest", grid_mode=True)[:ny, :nx]
-    return bkg, noise
+    wy, wx = _interp_matrix(ny, by), _interp_matrix(nx, bx)
+    return wy @ med @ wx.T, wy @ rms @ wx.T
+
+
+def _interp_matrix(n, m):
+    """(n, m) weights of linear interpolation from ``m`` box centres to ``n`` pixels (flat beyond).
+
+    Box ``j`` covers ``n / m`` pixels with its centre at ``(j + 0.5) n / m - 0.5``, as
+    ``ndimage.zoom(order=1, grid_mode=True, mode='nearest')``; a separable matrix product is
+    ~20x faster than ``zoom`` on a 10x8 mesh.
+    """
+    centres = (np.arange(m) + 0.5) * n / m - 0.5
+    eye = np.eye(m)
+    return np.stack([np.interp(np.arange(n), centres, eye[j]) for j in range(m)], axis=1)
 
 
 def detect_sources(image, mask=None, fwhm_px=3.0, nsigma=5.0, max_sources=300, border=3, box=64):
@@ -173,24 +183,32 @@ def detect_sources(image, mask=None, fwhm_px=3.0, nsigma=5.0, max_sources=300, b
         ``x``, ``y`` (0-based px), ``flux`` (image units, background-subtracted sum within
         1.5 FWHM), ``peak`` (background-subtracted peak pixel).
     """
-    data = np.asarray(image, dtype=np.float64)
+    data = np.asarray(image, dtype=np.float32)
     bad = ~np.isfinite(data)
     if mask is not None:
         bad |= np.asarray(mask, dtype=bool)
-    bkg, rms = background_mesh(np.where(bad, np.nan, data), box)
-    sub = np.where(bad, 0.0, data - bkg)
+    bkg, rms = background_mesh(np.where(bad, np.float32(np.nan), data), box)
+    sub = np.where(bad, np.float32(0.0), data - bkg.astype(np.float32))
     sigma = max(fwhm_px, 1.0) / 2.3548
     filt = ndimage.gaussian_filter(sub, sigma)
     # Noise of a Gaussian-filtered white-noise image: rms / (2 sqrt(pi) sigma).
     thresh = nsigma * rms / (2.0 * np.sqrt(np.pi) * sigma)
     size = max(3, int(2 * round(fwhm_px)) + 1)
-    peaks = (filt == ndimage.maximum_filter(filt, size=size)) & (filt > thresh)
-    peaks[:border, :] = peaks[-border:, :] = False
-    peaks[:, :border] = peaks[:, -border:] = False
-    py, px = np.nonzero(peaks)
+    # Local maxima among the pixels above the threshold only (a full maximum filter costs ~5x more).
+    above = filt > thresh
+    above[:border, :] = above[-border:, :] = False
+    above[:, :border] = above[:, -border:] = False
+    py, px = np.nonzero(above)
+    h = size // 2
+    off = np.arange(-h, h + 1)
+    ny_, nx_ = filt.shape
+    hood = filt[np.clip(py[:, None, None] + off[None, :, None], 0, ny_ - 1),
+                np.clip(px[:, None, None] + off[None, None, :], 0, nx_ - 1)]
+    is_peak = filt[py, px] >= hood.reshape(len(py), size * size).max(axis=1, initial=-np.inf)
+    py, px = py[is_peak], px[is_peak]
     order = np.argsort(filt[py, px])[::-1][: 3 * max_sources]
     py, px = py[order], px[order]
-    x, y, flux = _windowed_centroids(sub, px.astype(float), py.astype(float), sigma)
+    x, y, flux = _windowed_centroids(sub.astype(np.float64), px.astype(float), py.astype(float), sigma)
     ok = np.isfinite(x) & np.isfinite(y) & (flux > 0)
     tab = Table({"x": x[ok], "y": y[ok], "flux": flux[ok], "peak": sub[py[ok], px[ok]]})
     tab.sort("flux", reverse=True)
