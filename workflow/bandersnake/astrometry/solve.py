@@ -121,8 +121,13 @@ def background_mesh(image, box=64):
     """
     ny, nx = image.shape
     by, bx = max(ny // box, 1), max(nx // box, 1)
-    cut = image[: by * (ny // by), : bx * (nx // bx)]
-    tiles = np.sort(cut.reshape(by, ny // by, bx, nx // bx).transpose(0, 2, 1, 3).reshape(by, bx, -1), axis=2)
+    # Boxes of >= 32x32 px: every other pixel of every other row gives the same sky statistics
+    # (>= 256 samples per box) with a quarter of the pixels to sort.
+    step = 2 if min(ny // by, nx // bx) >= 32 else 1
+    sub = image[::step, ::step]
+    cut = sub[: by * (sub.shape[0] // by), : bx * (sub.shape[1] // bx)]
+    ny_c, nx_c = cut.shape
+    tiles = np.sort(cut.reshape(by, ny_c // by, bx, nx_c // bx).transpose(0, 2, 1, 3).reshape(by, bx, -1), axis=2)
 
     def quantile(q, lo, cnt):  # q-quantile of tiles[..., lo:lo+cnt] (sorted, NaN at the end)
         k = lo + np.clip(np.round(q * (cnt - 1)).astype(int), 0, None)
@@ -141,20 +146,25 @@ def background_mesh(image, box=64):
     rms = np.where(empty | ~(rms > 0), np.nan, rms)
     med = np.where(np.isfinite(med), med, np.nanmedian(med) if np.isfinite(med).any() else 0.0)
     rms = np.where(np.isfinite(rms), rms, np.nanmedian(rms) if np.isfinite(rms).any() else 1.0)
-    wy, wx = _interp_matrix(ny, by), _interp_matrix(nx, bx)
-    return wy @ med @ wx.T, wy @ rms @ wx.T
+    return _upsample(med, ny, nx), _upsample(rms, ny, nx)
 
 
-def _interp_matrix(n, m):
-    """(n, m) weights of linear interpolation from ``m`` box centres to ``n`` pixels (flat beyond).
+def _upsample(grid, ny, nx):
+    """Bilinear interpolation of a (by, bx) box grid to (ny, nx) pixels, flat beyond the outer centres.
 
-    Box ``j`` covers ``n / m`` pixels with its centre at ``(j + 0.5) n / m - 0.5``, as
-    ``ndimage.zoom(order=1, grid_mode=True, mode='nearest')``; a separable matrix product is
-    ~20x faster than ``zoom`` on a 10x8 mesh.
+    Box ``j`` of ``m`` covers ``n / m`` pixels with its centre at ``(j + 0.5) n / m - 0.5``, as
+    ``ndimage.zoom(order=1, grid_mode=True, mode='nearest')``. Done by index arithmetic, not
+    ``zoom`` (~20x slower) nor a matrix product (BLAS threads stall on a busy machine).
     """
-    centres = (np.arange(m) + 0.5) * n / m - 0.5
-    eye = np.eye(m)
-    return np.stack([np.interp(np.arange(n), centres, eye[j]) for j in range(m)], axis=1)
+    def axis(n, m):
+        pos = np.clip((np.arange(n) + 0.5) * m / n - 0.5, 0, m - 1)
+        i0 = np.minimum(pos.astype(int), max(m - 2, 0))
+        return i0, np.minimum(i0 + 1, m - 1), pos - i0
+
+    y0, y1, fy = axis(ny, grid.shape[0])
+    x0, x1, fx = axis(nx, grid.shape[1])
+    rows = grid[y0] * (1 - fy)[:, None] + grid[y1] * fy[:, None]          # (ny, bx)
+    return rows[:, x0] * (1 - fx)[None, :] + rows[:, x1] * fx[None, :]
 
 
 def detect_sources(image, mask=None, fwhm_px=3.0, nsigma=5.0, max_sources=300, border=3, box=64):
@@ -181,7 +191,8 @@ def detect_sources(image, mask=None, fwhm_px=3.0, nsigma=5.0, max_sources=300, b
     -------
     astropy.table.Table
         ``x``, ``y`` (0-based px), ``flux`` (image units, background-subtracted sum within
-        1.5 FWHM), ``peak`` (background-subtracted peak pixel).
+        1.5 FWHM), ``peak`` (background-subtracted peak pixel), ``snr`` (signal-to-noise of
+        ``flux``, Poisson for an image in e-).
     """
     data = np.asarray(image, dtype=np.float32)
     bad = ~np.isfinite(data)
@@ -210,7 +221,10 @@ def detect_sources(image, mask=None, fwhm_px=3.0, nsigma=5.0, max_sources=300, b
     py, px = py[order], px[order]
     x, y, flux = _windowed_centroids(sub.astype(np.float64), px.astype(float), py.astype(float), sigma)
     ok = np.isfinite(x) & np.isfinite(y) & (flux > 0)
-    tab = Table({"x": x[ok], "y": y[ok], "flux": flux[ok], "peak": sub[py[ok], px[ok]]})
+    # S/N of the 1.5-FWHM aperture sum: Poisson on the star (image in e-) and the local sky RMS.
+    npix = np.pi * (1.5 * 2.3548 * sigma) ** 2
+    snr = flux / np.sqrt(np.clip(flux, 0, None) + npix * rms[py, px] ** 2)
+    tab = Table({"x": x[ok], "y": y[ok], "flux": flux[ok], "peak": sub[py[ok], px[ok]], "snr": snr[ok]})
     tab.sort("flux", reverse=True)
     return tab[:max_sources]
 
