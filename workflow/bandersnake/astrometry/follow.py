@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 #: Defaults of the follower (the night's ``astrometry`` settings override them).
 DEFAULTS = dict(method="follow", reference_search=10, reference_attempts=3, match_stars=80, vote_bin_px=3.0,
-                match_tol_px=3.0, min_match=6, max_rms_px=1.0, sip_order=2, sip_min_stars=30,
+                match_tol_px=3.0, min_match=6, max_rms_px=1.0, sip_order=2, sip_min_stars=60,
                 max_fallbacks=10, fallback_timeout_s=10.0, fallback_budget_s=120.0, catalogue="tycho2",
                 catalogue_file=None, catalogue_mag_limit=14.0, max_shift_frac=0.5, log_every_s=5.0,
                 neighbours=5, flag_scale_frac=0.003, flag_rotation_deg=0.1, flag_jump_px=5.0)
@@ -313,7 +313,7 @@ def read_user_catalogue(path):
     """RA, Dec (deg) and magnitude (NaN if absent) from a table file (ECSV, CSV, FITS, VOTable).
 
     Column names accepted (case-insensitive): ``ra``/``raj2000``/``ra_deg`` and
-    ``dec``/``dej2000``/``dec_deg``; magnitude ``mag`` or the first column starting with ``mag``.
+    ``dec``/``dej2000``/``dec_deg``; magnitude ``mag`` or the first column whose name holds ``mag``.
 
     Raises
     ------
@@ -333,7 +333,7 @@ def read_user_catalogue(path):
     dec = next((cols[c] for c in ("dec", "dej2000", "dec_deg", "de_icrs", "decj2000") if c in cols), None)
     if ra is None or dec is None:
         raise ConfigError(f"astrometry catalogue_file {p}: needs ra and dec columns (deg); has {t.colnames}")
-    magc = cols.get("mag") or next((cols[c] for c in cols if c.startswith("mag")), None)
+    magc = cols.get("mag") or next((cols[c] for c in cols if "mag" in c), None)
     mag = np.asarray(t[magc], float) if magc else np.full(len(t), np.nan)
     return np.asarray(t[ra], float), np.asarray(t[dec], float), mag
 

@@ -72,7 +72,7 @@ _WCS_KEY = re.compile(
     r"^(WCSAXES|CTYPE\d|CRVAL\d|CRPIX\d|CDELT\d|CUNIT\d|CROTA\d|CD\d_\d|PC\d_\d|PV\d_\d+|LONPOLE|LATPOLE|"
     r"RADESYS|RADECSYS|EQUINOX|EPOCH|IMAGEW|IMAGEH|A_ORDER|B_ORDER|AP_ORDER|BP_ORDER|A_\d_\d|B_\d_\d|"
     r"AP_\d_\d|BP_\d_\d|A_DMAX|B_DMAX|WCSNAME|MJDREF|DATEREF|PLTSOLVD|WCSSOLVE|WCSRMS|WCSRMSPX|WCSNMAT|"
-    r"WCSATTEM|WCSNSRC)$"
+    r"WCSATTEM|WCSNSRC|WCSNCAT|WCSCRMS|ASTROFLG)$"
 )
 
 
@@ -526,7 +526,14 @@ def _wcs_cards(wcs, result=None):
     for key in ("DATE-OBS", "MJD-OBS", "DATEREF", "MJDREF", "MJDREFI", "MJDREFF"):
         hdr.remove(key, ignore_missing=True, remove_all=True)
     if result is not None:
-        hdr["WCSSOLVE"] = ("astrometry.net solve-field", "plate solver")
+        method = getattr(result, "method", "solve-field") or "solve-field"
+        hdr["WCSSOLVE"] = ({"follow": "bandersnake follow (catalogue match + TAN-SIP fit)",
+                            "reference": "astrometry.net solve-field (night reference)"}.get(
+                               method, "astrometry.net solve-field"), "plate solver")
+        if getattr(result, "n_catalog", 0):
+            hdr["WCSNCAT"] = (int(result.n_catalog), "catalogue (Tycho-2/user) stars matched")
+            if np.isfinite(result.cat_rms_arcsec):
+                hdr["WCSCRMS"] = (round(result.cat_rms_arcsec, 4), "[arcsec] RMS residual, catalogue stars")
         hdr["WCSATTEM"] = (int(result.attempt), "retry-ladder step that solved (0 = first)")
         hdr["WCSNSRC"] = (int(result.n_sources), "sources given to solve-field")
         hdr["WCSNMAT"] = (int(result.n_matched), "sources matched to index stars")
@@ -553,7 +560,7 @@ def strip_wcs(header):
     return header
 
 
-def apply_wcs_to_calibrated(cal_path, wcs, result=None, out_path=None):
+def apply_wcs_to_calibrated(cal_path, wcs, result=None, out_path=None, extra=None):
     """Write ``wcs`` into the calibrated product's primary, SCI, ERR and MASK headers (atomic).
 
     Any earlier WCS (e.g. PinPoint's in the raw header) is removed first, so the file never
@@ -568,6 +575,8 @@ def apply_wcs_to_calibrated(cal_path, wcs, result=None, out_path=None):
         Adds WCSNMAT / WCSRMS provenance cards.
     out_path : str or Path, optional
         Default rewrites ``cal_path``.
+    extra : dict, optional
+        More primary-header cards ``{key: (value, comment)}`` written in the same pass.
 
     Raises
     ------
@@ -590,6 +599,8 @@ def apply_wcs_to_calibrated(cal_path, wcs, result=None, out_path=None):
         if i == 0 or (hdu.is_image and hdu.header.get("NAXIS", 0) == 2):
             strip_wcs(hdu.header)
             hdu.header.update(cards)
+    for key, value in (extra or {}).items():
+        hdul[0].header[key] = value
     write_fits(hdul, out_path or cal_path)
 
 
