@@ -632,7 +632,13 @@ def describe_products(paths):
             lines.append(f"astrometry: {m.get('n_solved', 0)} of {m.get('n_frames', len(t))} frames solved "
                          f"({100 * m.get('solved_fraction', 0):.0f} %), median residual "
                          f"{m.get('median_rms_arcsec', math.nan):.2f} arcsec")
+            if "n_followed" in m:
+                lines.append(f"  {m['n_followed']} followed, {m['n_solve_field']} by solve-field, "
+                             f"{m.get('n_flagged', 0)} flagged; catalogue residual "
+                             f"{m.get('median_cat_rms_arcsec', math.nan):.2f} arcsec, {m.get('solve_seconds', 0)} s")
             lines += [f"  {r['status']} {r['file']}: {r['message']}" for r in t if r["status"] != "solved"]
+            if "flag" in t.colnames:
+                lines += [f"  flagged {r['file']}: {r['flag']}" for r in t if str(r["flag"]) not in ("", "--")]
         elif p.is_dir() and (p / KBMOD_TABLE).exists():
             t = read_table(p / KBMOD_TABLE)
             ok = t["status"] == "ok"

@@ -192,6 +192,8 @@ class SimConfig:
     tycho_index_dir: str = "/usr/share/astrometry"
     tycho_mag_limit: float = 13.5
     tycho_zeropoint_mag: float = 19.5      # V_T of a star giving 1 e-/s
+    # Write each science frame's true TAN WCS into its header (as PinPoint/MaxIm would)
+    header_wcs: bool = False
 
     @property
     def night_date(self):
@@ -621,6 +623,15 @@ def plan_night(cfg, instrument):
                      {"ra_deg": np.asarray(sky_ra), "dec_deg": np.asarray(sky_dec), "ra": ra, "dec": dec})
 
 
+def frame_wcs(plan, i):
+    """True TAN WCS of science frame ``i``: the first frame's with CRPIX moved by the pointing offset."""
+    w = plan.wcs.deepcopy()
+    w.wcs.crpix = [w.wcs.crpix[0] + plan.science["dx"][i] - plan.science["dx"][0],
+                   w.wcs.crpix[1] + plan.science["dy"][i] - plan.science["dy"][0]]
+    w.wcs.set()
+    return w
+
+
 def first_frame_positions(plan):
     """True 0-based (x, y) of the listed stars in the first science frame (``targets.yaml`` order)."""
     n = plan.stars["n_listed"]
@@ -808,7 +819,10 @@ def simulate_night(raw_root, truth_dir, config: SimConfig, instrument: dict, ove
     for f in plan.frames:
         data, rows, cr, extra = render_frame(plan, det, f)
         folder = night_dir / astep.folder(f, cfg.night_date) if cfg.layout == "astep" else night_dir
-        out.write_raw(folder / f["file"], data, out.header(f, instrument, cfg))
+        hdr = out.header(f, instrument, cfg)
+        if cfg.header_wcs and f["kind"] == "science":
+            hdr.update(frame_wcs(plan, f["index"]).to_header())
+        out.write_raw(folder / f["file"], data, hdr)
         star_rows += rows
         n_cr = 0
         if cr is not None and len(cr[0]):
