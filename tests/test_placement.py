@@ -1,6 +1,7 @@
 """Targets given on the sky (bandersnake.placement); the workflow run is in test_analysis_workflow."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,3 +51,26 @@ def _oot_scatter(path, transit):
     oot = (np.abs(phase) > half * 1.1) & np.isfinite(flux) & ok
     f = flux[oot] / np.median(flux[oot])
     return float(1.4826 * np.median(np.abs(f - np.median(f))))
+
+
+@pytest.mark.skipif(not Path("/usr/share/astrometry/index-tycho2-09.littleendian.fits").exists()
+                    or not __import__("shutil").which("solve-field"), reason="solve-field / Tycho-2 index absent")
+def test_reference_wcs_solved_when_headers_have_none():
+    """Streaming path: no calibrated frames and no header WCS -> solve-field on one frame in memory."""
+    from bandersnake.astrometry import tycho
+    from bandersnake.astrometry.solve import detect_sources
+    from bandersnake.placement.place import _reference_wcs
+
+    shape = (500, 650)
+    truth = tycho.tan_wcs(303.2, 46.0, 5.2, shape, 20.0)
+    stars = tycho.stars_in_cone(303.2, 46.0, 1.0)
+    img, _ = tycho.render_field(truth, shape, stars, zeropoint_mag=21.0, fwhm_px=2.5, sky_e=300.0, rng=4)
+    frame = dict(sci=img, msk=np.zeros(shape, np.uint8), sources=detect_sources(img), header=fits.Header(),
+                 ra=None, dec=None)
+    inst = {"plate_scale_arcsec_per_px": 5.2}
+    w, k, how = _reference_wcs([frame], [0], ["f.fits"], inst, {"ra": 303.25, "dec": 46.05}, {"timeout_s": 20},
+                               shape)
+    assert k == 0 and "solve-field" in how
+    gy, gx = np.mgrid[0:500:50, 0:650:50]
+    x2, y2 = w.all_world2pix(*truth.all_pix2world(gx, gy, 0), 0)
+    assert np.hypot(x2 - gx, y2 - gy).max() < 0.5  # solve-field's own solution, tweak order 2 on ~20 stars
