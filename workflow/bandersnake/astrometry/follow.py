@@ -364,6 +364,8 @@ def build_catalogue(ref_wcs, shape, ref_sources, settings, index_dir=S.DEFAULT_I
     cra, cdec = np.zeros(0), np.zeros(0)
     cmag = np.zeros(0)
     if kind == "file" or settings.get("catalogue_file"):
+        if not settings.get("catalogue_file"):
+            raise ConfigError("astrometry: catalogue 'file' needs catalogue_file (a table with ra, dec columns)")
         cra, cdec, cmag = read_user_catalogue(settings["catalogue_file"])
         kind = f"file {Path(settings['catalogue_file']).name}"
     elif kind == "tycho2":
