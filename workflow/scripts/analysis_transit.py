@@ -1,4 +1,4 @@
-from bandersnake.analysis.stages import transit_stage
+from bandersnake.analysis import transit_stage
 from bandersnake.logs import log_to
 
 with log_to(snakemake.log[0]):
