@@ -1,6 +1,6 @@
 from bandersnake.logs import log_to
 from bandersnake.placement import resolve_for_rule
-from bandersnake.calibration.reduce import master_paths
+from bandersnake.calibration import master_paths
 from bandersnake.staging import staged_reads
 
 with log_to(snakemake.log[0]):

@@ -1,15 +1,14 @@
-"""Targets given on the sky: placement through the night's WCS and automatic comparison stars.
+"""Placement stage: targets given on the sky, placed through the night's WCS, comparisons chosen.
 
-Entry points are loaded lazily (PEP 562), so importing this stage does not import the others.
+* :mod:`.place` - reference WCS (header or one ``solve-field``), drift by following every frame,
+  target placement and the choice of comparison stars; ``targets_resolved.yaml`` (``rules/placement.smk``).
 """
 
-_ENTRY = {"resolve_for_rule": "place", "resolve_sky_target": "place", "needs_placement": "place",
-          "write_resolved": "place"}
+from .._lazy import lazy_exports
 
-
-def __getattr__(name):
-    if name in _ENTRY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_ENTRY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "resolve_for_rule": ".place",
+    "resolve_sky_target": ".place",
+    "needs_placement": ".place",
+    "write_resolved": ".place",
+})
