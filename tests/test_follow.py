@@ -188,3 +188,21 @@ def test_user_catalogue_file(night, tmp_path):
     assert all(r.solved for r in res) and all(r.n_catalog >= 5 for r in res)
     rms, _ = _truth_errors(res, truth[:8], cfg.shape)
     assert np.median(rms) < 0.05  # as with the index files (same stars)
+
+
+@needs_solver
+def test_fallback_is_bounded(night, tmp_path):
+    """A frame that cannot be followed goes to solve-field, at most max_fallbacks times a night."""
+    base, cfg, truth = night
+    paths = [str(base / "stage" / f) for f in truth["file"][:5]]
+    # min_match above any frame's star count: following fails on every frame but the reference.
+    res = F.solve_sequence(paths, scale_low=4.9, scale_high=5.5, ra_hint=303.2, dec_hint=46.0,
+                           settings={"min_match": 500, "max_fallbacks": 2, "fallback_timeout_s": 5},
+                           solve_kwargs={"index_dir": str(INDEX_DIR), "timeout_s": 20})
+    methods = [r.method for r in res]
+    assert methods.count("reference") == 1
+    tried = [r for r in res if r.method == "solve-field" or "solve-field:" in r.message]
+    assert len(tried) == 2
+    limited = [r for r in res if "fallback limit reached" in r.message]
+    assert len(limited) == 2 and all(r.status == "unsolved" for r in limited)
+    assert all("follow failed" in r.message for r in limited)
