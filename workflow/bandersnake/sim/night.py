@@ -192,6 +192,9 @@ class SimConfig:
     tycho_index_dir: str = "/usr/share/astrometry"
     tycho_mag_limit: float = 13.5
     tycho_zeropoint_mag: float = 19.5      # V_T of a star giving 1 e-/s
+    # Fainter stars the index files leave out (real skies hold many): random, fixed on the sky
+    tycho_extra_stars: int = 0
+    tycho_extra_mag: tuple = (12.0, 15.5)
     # Write each science frame's true TAN WCS into its header (as PinPoint/MaxIm would)
     header_wcs: bool = False
 
@@ -387,6 +390,12 @@ def _tycho_stars(cfg, shape, wcs, ra_deg, dec_deg, dx0, dy0):
     if len(mag) < 2:
         raise ConfigError(f"simulate: only {len(mag)} Tycho-2 stars (V_T <= {cfg.tycho_mag_limit}) in the "
                           f"field at RA {ra_deg:.3f} Dec {dec_deg:.3f}")
+    if cfg.tycho_extra_stars:
+        rng = _rng(cfg.seed, "stars")
+        n_extra = int(cfg.tycho_extra_stars)
+        x = np.r_[x, rng.uniform(-20, nx + 19, n_extra)]
+        y = np.r_[y, rng.uniform(-20, ny + 19, n_extra)]
+        mag = np.r_[mag, rng.uniform(*cfg.tycho_extra_mag, n_extra)]
     order = np.argsort(mag, kind="stable")
     bright = order[: max(2, len(order) // 10)]
     target = bright[np.argmin(np.hypot(x[bright] - 0.5 * (nx - 1), y[bright] - 0.5 * (ny - 1)))]
