@@ -15,7 +15,7 @@ from ..ingest.inventory import read_inventory, summarize
 
 log = logging.getLogger(__name__)
 
-MASTER_KEYS = ("CALTYPE", "FILTER", "NCOMBINE", "BUNIT", "FALLBACK", "RDNOISE", "DARKCUR")
+MASTER_KEYS = ("CALTYPE", "FILTER", "NCOMBINE", "BUNIT", "FALLBACK", "SKIPNOTE", "RDNOISE", "DARKCUR")
 
 
 def describe_master(path):
