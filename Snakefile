@@ -31,6 +31,7 @@ include: "rules/astrometry.smk"
 include: "rules/kbmod.smk"
 include: "rules/analysis.smk"
 include: "rules/publish.smk"
+include: "rules/templates.smk"
 
 
 if STAGING:
@@ -39,9 +40,10 @@ if STAGING:
 
 
 # Every night (listed in config or discovered under raw_root) published in results/, plus the
-# multi-night precision-versus-brightness plot.
+# multi-night precision-versus-brightness plot, and every configured template.
 rule all:
     default_target: True
     input:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
         PRECISION_SUMMARY,
+        all_template_products(),

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from scipy import stats
 
 from ..fitsio import read_table, write_fits, write_text
 from .io import METRIC_COLUMNS, MissingProductError, ProductError
@@ -139,6 +138,8 @@ def annulus_pixels(rin, rout):
 
 def chi_median_factor(n):
     """Median of s/sigma for ``n`` Gaussian samples (s with ddof=1): sqrt(median chi2_{n-1} / (n-1))."""
+    from scipy import stats  # imported here: scipy.stats costs ~0.9 s, the Snakefile imports this module
+
     n = np.asarray(n, dtype=float)
     return np.sqrt(stats.chi2.median(n - 1) / (n - 1))
 

@@ -16,10 +16,8 @@ from pathlib import Path
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import EarthLocation, get_sun
 from astropy.table import Table
 from astropy.time import Time
-from astropy.utils import iers
 
 from ..errors import BandersnakeError, FrameError
 from ..fitsio import atomic_path, is_raw_fits_name, read_header, write_text
@@ -28,9 +26,6 @@ from . import timing
 log = logging.getLogger(__name__)
 
 FRAME_TYPES = ("bias", "dark", "flat", "science")
-# Offline operation: never try to download IERS tables; the bundled ones suffice for the
-# ~1 s accuracy a dusk/dawn split needs.
-iers.conf.auto_download = False
 
 
 def sanitize_name(name):
@@ -202,6 +197,13 @@ def sun_sessions(jd_utc, site):
     ok = np.isfinite(jd_utc)
     if not ok.any():
         return out
+    # astropy.coordinates only here: the Snakefile imports this module at every start (issue 22).
+    from astropy.coordinates import get_sun
+    from astropy.utils import iers
+
+    # Offline operation: never try to download IERS tables; the bundled ones suffice for the
+    # ~1 s accuracy a dusk/dawn split needs.
+    iers.conf.auto_download = False
     times = Time(jd_utc[ok], format="jd", scale="utc")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
