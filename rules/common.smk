@@ -77,6 +77,7 @@ def bench(path):
 include: "common/configuration.smk"
 include: "common/nights.smk"
 include: "common/calibration.smk"
+include: "common/placement.smk"
 include: "common/photometry.smk"
 include: "common/calibrated.smk"
 include: "common/analysis.smk"
