@@ -23,12 +23,15 @@ include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/inventory.smk"
 include: "rules/calibration.smk"
+include: "rules/placement.smk"
 include: "rules/photometry.smk"
 include: "rules/calibrated.smk"
 include: "rules/astrometry.smk"
 include: "rules/kbmod.smk"
+include: "rules/stack.smk"
 include: "rules/analysis.smk"
 include: "rules/publish.smk"
+include: "rules/templates.smk"
 
 
 if STAGING:
@@ -37,8 +40,10 @@ if STAGING:
 
 
 # Every night (listed in config or discovered under raw_root) published in results/, plus the
-# multi-night precision-versus-brightness plot.
+# multi-night precision-versus-brightness plot, and every configured template.
 rule all:
     default_target: True
     input:
         default_products,
+        stack_nights_targets,
+        all_template_products(),

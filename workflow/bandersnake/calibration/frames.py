@@ -111,7 +111,7 @@ _CAL_DTYPES = ("U1024", "U256", "U8", "U32", "f8", "U256", "?", "i8", "i8", "i8"
 
 
 def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix="_CAL", grow=1,
-                    find_cosmics=True, cosmics_config=None, threads=1):
+                    find_cosmics=True, cosmics_config=None, threads=1, cosmics_method="astroscrappy"):
     """Calibrate a night's science frames into ``out_dir`` and flag their cosmic rays.
 
     Parameters
@@ -157,8 +157,11 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
     out_dir.mkdir(parents=True, exist_ok=True)
     cosmics_config = dict(cosmics_config or {})
     replace_sci = bool(cosmics_config.pop("replace_sci", False))
+    # "series": the frames are written first, then flagged against their neighbours in time
+    # (calibration/cosmics_series.py, issue 22); astroscrappy is not run.
+    series = find_cosmics and cosmics_method == "series"
     cr_params = _cosmics.cosmic_params(cosmics_config, instrument.get("plate_scale_arcsec_per_px")) \
-        if find_cosmics else None
+        if find_cosmics and not series else None
     if cr_params is not None:
         log.info("cosmic rays: PSF FWHM %.2f px (seeing %.2f\" at %.2f\"/px), kernel %d px, star cores %s",
                  cr_params["psffwhm"], cr_params["seeing_arcsec"], instrument.get("plate_scale_arcsec_per_px") or
@@ -213,8 +216,9 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
             hdr["DARKFILE"] = (Path(dark_path).name if dark_path else "none", "master dark used (ADU/s)")
             for key, value, comment in cr_cards:
                 hdr[key] = (value, comment)
-            hdr["HISTORY"] = ("MASK bit 2: cosmic rays (astroscrappy, gain 1 on e- data)" if cr_params
-                              else "cosmic rays not searched")
+            if not series:
+                hdr["HISTORY"] = ("MASK bit 2: cosmic rays (astroscrappy, gain 1 on e- data)" if cr_params
+                                  else "cosmic rays not searched")
             write_fits(hdul, out_dir / names[k])
             if not matched and dark_path and row["exptime"] not in warned:
                 warned.add(row["exptime"])
@@ -234,6 +238,8 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
 
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         rows = list(pool.map(one, enumerate(frames)))
+    if series:
+        _flag_series(rows, out_dir)
     n_ok = sum(r["status"] == "ok" for r in rows)
     table = _write_table(rows, _CAL_COLUMNS, _CAL_DTYPES, out_dir / CALIBRATED_TABLE,
                          meta={"n_frames": len(rows), "n_calibrated": n_ok, "suffix": suffix,
@@ -244,6 +250,25 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
         raise BandersnakeError(f"{out_dir}: none of the {len(frames)} science frames could be calibrated "
                                f"(first reason: {rows[0]['reason']})")
     return table
+
+
+def _flag_series(rows, out_dir):
+    """Cosmic rays of the calibrated frames against their neighbours in time; a frame that cannot
+    be flagged is skipped with its reason, the others go on."""
+    from .cosmics_series import flag_night_series
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    by_path = {str(out_dir / r["file"]): r for r in ok}
+
+    def skip(path, reason):
+        row = by_path[path]
+        row.update(status="skipped", reason=reason)
+        log.warning("frame skipped: %s: %s", path, reason)
+        Path(path).unlink(missing_ok=True)
+
+    counts = flag_night_series(list(by_path), on_error=skip)
+    for path, n_cr in counts.items():
+        by_path[path]["n_cosmic"] = n_cr
 
 
 def cosmics_in_frame(sci, err, mask, read_noise_e, saturation_e, params, return_clean=False, pad=8):
@@ -365,6 +390,8 @@ def solve_night(stage_dir, out_dir, wcs_dir, summary_path, instrument, settings,
             _link_or_copy(f, out_dir / Path(f).name)
         results = [A.SolveResult(path=f, status="disabled", message="astrometry disabled for this night")
                    for f in files]
+    elif settings.get("method", "follow") == "follow":
+        return _solve_night_follow(stage_dir, files, out_dir, wcs_dir, summary_path, instrument, settings, threads)
     else:
         results = _solve_runs(files, wcs_dir, instrument, settings, threads)
         for f, res in zip(files, results):
@@ -377,6 +404,46 @@ def solve_night(stage_dir, out_dir, wcs_dir, summary_path, instrument, settings,
     A.write_astrometry_summary(summary, summary_path)
     log.info("astrometry: %d of %d frames solved, median residual %.3f arcsec", summary.meta["n_solved"],
              summary.meta["n_frames"], summary.meta["median_rms_arcsec"])
+    return summary
+
+
+def _solve_night_follow(stage_dir, files, out_dir, wcs_dir, summary_path, instrument, settings, threads):
+    """:func:`solve_night` with one reference solve-field and every other frame followed.
+
+    Per-frame outcomes go to ``<wcs_dir>/../progress/`` as they are known (a killed job resumes
+    from there); the final frames (WCS, ``ASTROSTA``, ``ASTROFLG`` when the solution disagrees
+    with its neighbours') are written once every frame is known.
+    """
+    from ..astrometry import follow as F
+    from ..astrometry import solve as A
+
+    kw = solve_kwargs(instrument, settings)
+    lo, hi = kw.pop("scale_low"), kw.pop("scale_high")
+    progress_dir = Path(wcs_dir).parent / "progress"
+    t0 = time.perf_counter()
+    results = F.solve_sequence(files, scale_low=lo, scale_high=hi, hints=lambda p: header_hint(p, instrument),
+                               settings=settings, solve_kwargs=kw, progress_dir=progress_dir, threads=threads)
+    t_solve = time.perf_counter() - t0
+
+    def finish(item):
+        f, res = item
+        if res.solved:
+            A.write_wcs(res.wcs, Path(wcs_dir) / (Path(f).name[: -len(".fits")] + ".wcs"), res)
+        _finish_frame(f, out_dir / Path(f).name, res)
+
+    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+        list(pool.map(finish, zip(files, results)))
+    _link_or_copy(stage_dir / CALIBRATED_TABLE, out_dir / CALIBRATED_TABLE)
+    summary = F.summary_table(results)
+    summary["file"] = [Path(p).name for p in summary["file"]]
+    summary.meta.update(enabled=True, method="follow", solve_seconds=round(t_solve, 2),
+                        index_dir=str(settings.get("index_dir", A.DEFAULT_INDEX_DIR)))
+    A.write_astrometry_summary(summary, summary_path)
+    m = summary.meta
+    log.info("astrometry: %d of %d frames solved in %.1f s (%d followed, %d by solve-field, %d flagged), median "
+             "residual %.3f px / %.3f arcsec (catalogue stars %.3f arcsec)", m["n_solved"], m["n_frames"], t_solve,
+             m["n_followed"], m["n_solve_field"], m["n_flagged"], m["median_rms_px"], m["median_rms_arcsec"],
+             m["median_cat_rms_arcsec"])
     return summary
 
 
@@ -468,8 +535,10 @@ def _finish_frame(stage_path, out_path, res):
 
     try:
         if res.solved:
-            A.apply_wcs_to_calibrated(stage_path, res.wcs, res, out_path=out_path)
-            _set_status(out_path, "solved", "")
+            A.apply_wcs_to_calibrated(stage_path, res.wcs, res, out_path=out_path,
+                                      extra={"ASTROSTA": ("solved", "plate solution: solved/unsolved/error")}
+                                      | ({"ASTROFLG": (str(res.flag)[:60], "solution disagrees with neighbours")}
+                                         if getattr(res, "flag", "") else {}))
         else:
             _set_status(stage_path, res.status, res.message, out_path=out_path)
     except FrameError as err:
@@ -595,7 +664,13 @@ def describe_products(paths):
             lines.append(f"astrometry: {m.get('n_solved', 0)} of {m.get('n_frames', len(t))} frames solved "
                          f"({100 * m.get('solved_fraction', 0):.0f} %), median residual "
                          f"{m.get('median_rms_arcsec', math.nan):.2f} arcsec")
+            if "n_followed" in m:
+                lines.append(f"  {m['n_followed']} followed, {m['n_solve_field']} by solve-field, "
+                             f"{m.get('n_flagged', 0)} flagged; catalogue residual "
+                             f"{m.get('median_cat_rms_arcsec', math.nan):.2f} arcsec, {m.get('solve_seconds', 0)} s")
             lines += [f"  {r['status']} {r['file']}: {r['message']}" for r in t if r["status"] != "solved"]
+            if "flag" in t.colnames:
+                lines += [f"  flagged {r['file']}: {r['flag']}" for r in t if str(r["flag"]) not in ("", "--")]
         elif p.is_dir() and (p / KBMOD_TABLE).exists():
             t = read_table(p / KBMOD_TABLE)
             ok = t["status"] == "ok"
