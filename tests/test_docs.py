@@ -94,7 +94,7 @@ def _runnable(cmd, root):
     mapping = {"/nas/Observations": str(root / "nas"), "/data/astep": str(root / "astep"),
                "/path/to/data": str(root / "astep"), "/home/me/targets.yaml": str(ROOT / "config" / "targets.yaml"),
                "/home/me/nights": str(ROOT / "config" / "nights"), "/ssd/$USER": str(root / "ssd"),
-               "/path/to/bandersnake/Snakefile": str(ROOT / "Snakefile")}
+               "/path/to/bandersnake/Snakefile": str(ROOT / "Snakefile"), "<night>": "SPIRIT2_20251215"}
     for old, new in mapping.items():
         cmd = cmd.replace(old, new)
     words = shlex.split(cmd)
@@ -120,6 +120,10 @@ def test_documented_command_runs(doc, cmd, project_like):
     if cmd.startswith("source "):
         assert (ROOT / "Makefile").read_text().count("venv") > 0  # made by `make setup`
         return
+    if "my_templates.yaml" in cmd or "<name>" in cmd:
+        # The templates stage's examples need the user's own template file (issue 21's tests
+        # build one); the placeholder is deliberate, not a command to run as written.
+        pytest.skip("needs the user's templates configuration (my_templates.yaml / <name>)")
     if "--report" in cmd:
         # Needs a built night: tests/test_report.py builds one and runs this command on it.
         assert "--report" in (ROOT / "tests" / "test_report.py").read_text()
