@@ -29,6 +29,7 @@ include: "rules/calibrated.smk"
 include: "rules/astrometry.smk"
 include: "rules/kbmod.smk"
 include: "rules/analysis.smk"
+include: "rules/transit.smk"
 include: "rules/publish.smk"
 
 
@@ -38,9 +39,13 @@ if STAGING:
 
 
 # Every night (listed in config or discovered under raw_root) published in results/, plus the
-# multi-night precision-versus-brightness plot.
+# multi-night precision-versus-brightness plot and the joint transit fits of results/targets/.
 rule all:
     default_target: True
     input:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
         PRECISION_SUMMARY,
+        # one joint transit fit per target fitted on two nights or more (needs the inventories)
+        lambda w: [
+            f"{RESULTS}/targets/{t}/joint_fit.yaml" for t in joint_fit_targets()
+        ],

@@ -531,6 +531,8 @@ def analysis_products(night, target):
         products += [
             work(f"{base}/transit/transit_fit.yaml"),
             work(f"{base}/transit/transit_fit.png"),
+            work(f"{base}/transit/transit_fit_corner.png"),
+            work(f"{base}/transit/transit_lc.ecsv"),
         ]
     return products
 
@@ -571,6 +573,43 @@ def transit_params(wildcards):
             "analysis_settings.transit.<target>.t0 (and period) or .window"
         )
     return settings
+
+
+def transit_nights(target):
+    """Nights built by the default target whose settings give ``target`` a transit fit."""
+    return [
+        night
+        for night in all_nights()
+        if target in photometry_targets(night)
+        and transit_fit_settings(night, target) is not None
+    ]
+
+
+def joint_fit_targets():
+    """Targets with a transit fit on at least two nights: each gets a joint fit."""
+    targets = sorted({t for n in all_nights() for t in photometry_targets(n)})
+    return [t for t in targets if len(transit_nights(t)) >= 2]
+
+
+def joint_fit_inputs(wildcards):
+    nights = transit_nights(wildcards.target)
+    base = [work(f"{n}/{wildcards.target}/transit") for n in nights]
+    return dict(
+        fits=[f"{b}/transit_fit.yaml" for b in base],
+        lcs=[f"{b}/transit_lc.ecsv" for b in base],
+    )
+
+
+def joint_fit_params(wildcards):
+    """Shared settings of a target's joint fit: its transit entry on the last night (the ephemeris,
+    priors and limb darkening), and the filter of that night's frames."""
+    nights = transit_nights(wildcards.target)
+    if not nights:
+        raise WorkflowError(f"no night gives target {wildcards.target} a transit fit")
+    return dict(
+        settings=transit_fit_settings(nights[-1], wildcards.target),
+        filter=target_filter(nights[-1], wildcards.target),
+    )
 
 
 def precision_summary_inputs(wildcards):
