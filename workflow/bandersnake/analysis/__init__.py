@@ -6,7 +6,10 @@ Entry points (one per product; the Snakemake rules call these):
   ``differential_summary.txt``
 * :func:`make_plots` -> the diagnostic PNGs; :func:`plot_precision_vs_brightness` for several nights
 * :func:`write_exports` -> juliet ``lc.dat`` and an AAVSO Extended Format file
-* :func:`run_transit_fit` / :func:`fit_transit` -> transit depth, mid-time and duration
+
+The transit fits live in :mod:`bandersnake.transitfit` (rules/transit.smk); :mod:`.transit` keeps
+the project's own Mandel & Agol model as a cross-check of batman in the tests, with a quick
+least-squares fit the tests use.
 
 When the data make the analysis impossible, :func:`run_differential` raises
 :class:`~bandersnake.errors.AnalysisNotPossible`; the stages then publish every product marked
@@ -19,13 +22,12 @@ from ..errors import AnalysisNotPossible
 from .differential import read_differential, run_differential
 from .exports import write_aavso, write_exports, write_juliet
 from .io import MissingProductError, ProductError
-from .plots import make_plots, plot_precision_vs_brightness, plot_transit_fit
+from .plots import make_plots, plot_precision_vs_brightness
 from .precision import read_precision_metrics
 from .status import analysis_failure
-from .transit import fit_transit, run_transit_fit
 
 __all__ = [
-    "run_differential", "read_differential", "make_plots", "plot_precision_vs_brightness", "plot_transit_fit",
-    "write_exports", "write_juliet", "write_aavso", "fit_transit", "run_transit_fit", "read_precision_metrics",
+    "run_differential", "read_differential", "make_plots", "plot_precision_vs_brightness",
+    "write_exports", "write_juliet", "write_aavso", "read_precision_metrics",
     "MissingProductError", "ProductError", "AnalysisNotPossible", "analysis_failure",
 ]

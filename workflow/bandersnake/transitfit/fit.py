@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .model import TransitModel, ingress_duration, orbit_from_duration, stellar_density
+from .model import TransitModel, ingress_duration, stellar_density
 from .posterior import RP_RS_SQ_MAX, T14_MIN_D, NightData, Posterior, design_matrix
 from .sampler import best_fit, run_mcmc, set_noise, summarize
 
