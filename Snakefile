@@ -46,6 +46,4 @@ rule all:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
         PRECISION_SUMMARY,
         # one joint transit fit per target fitted on two nights or more (needs the inventories)
-        lambda w: [
-            f"{RESULTS}/targets/{t}/joint_fit.yaml" for t in joint_fit_targets()
-        ],
+        lambda w: [f"{RESULTS}/targets/{t}/joint_fit.yaml" for t in joint_fit_targets()],

@@ -22,7 +22,11 @@ rule transit_fit:
             caption="../workflow/report/transit_fit_corner.rst",
             category="{night}",
             subcategory="{target}",
-            labels={"night": "{night}", "target": "{target}", "figure": "transit_corner"},
+            labels={
+                "night": "{night}",
+                "target": "{target}",
+                "figure": "transit_corner",
+            },
         ),
     log:
         logs("{night}/logs/transit_fit_{target}.log"),
