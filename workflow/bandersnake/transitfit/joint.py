@@ -94,7 +94,8 @@ def fit_joint(nights, settings, ld):
         raise ValueError("a joint fit needs the period (analysis_settings.transit.<target>.period)")
     prepared, starts = [], []
     for name, inp in nights:
-        night_s = {**s, **(inp.get("settings") or {})}
+        # a window belongs to one night: the shared settings' (the last night's) is not inherited
+        night_s = {**{k: v for k, v in s.items() if k != "window"}, **(inp.get("settings") or {})}
         nd, st = prepare_night(name, inp["t"], inp["flux"], inp["err"], night_s, inp.get("regressors"),
                                inp.get("exptime_s"))
         prepared.append(nd)
