@@ -102,17 +102,30 @@ def main(argv=None):
     ap.add_argument("--first-seed", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--b", type=float, default=None, help="fix the true impact parameter (e.g. 0)")
-    ap.add_argument("--json", default=None, help="write the per-case rows here")
+    ap.add_argument("--json", default=None, help="write the per-case rows here (one JSON object per line, as they end)")
+    ap.add_argument("--report", default=None, help="only summarise the rows of an earlier --json file")
     args = ap.parse_args(argv)
+    if args.report:
+        with open(args.report) as fh:
+            report([json.loads(line) for line in fh if line.strip()])
+        return 0
     seeds = range(args.first_seed, args.first_seed + args.cases)
     t1 = time.time()
+    rows = []
+    out = open(args.json, "a") if args.json else None
     with Pool(args.jobs) as pool:
-        rows = pool.starmap(run_case, [(s, args.b) for s in seeds])
+        for row in pool.imap_unordered(_run, [(s, args.b) for s in seeds]):
+            rows.append(row)
+            if out:
+                out.write(json.dumps(row) + "\n")
+                out.flush()
     print(f"wall time {time.time() - t1:.0f} s with {args.jobs} processes")
     report(rows)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+    return 0
+
+
+def _run(args):
+    return run_case(*args)
 
 
 if __name__ == "__main__":
