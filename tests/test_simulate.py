@@ -2,7 +2,6 @@
 
 import dataclasses
 import fnmatch
-import time
 from pathlib import Path
 
 import numpy as np
@@ -407,11 +406,9 @@ def test_sexagesimal_round_trip():
 
 
 @pytest.mark.slow
-def test_demo_night_generation_time(tmp_path, instrument):
-    t0 = time.perf_counter()
+def test_demo_night_generation(tmp_path, instrument):
+    # Speed is the benchmarks' business (the demo's wall time is in bench_night); this checks the frames.
     truth = simulate_night(tmp_path / "raw", tmp_path / "truth", demo_config(), instrument)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 60, f"demo night took {elapsed:.1f} s"
     raw = tmp_path / "raw" / "SPIRIT2" / "images" / "20251215"
     files = list(raw.iterdir())
     assert len(files) == 182 == sum(truth["night"]["n_frames"].values())

@@ -1,4 +1,4 @@
-from bandersnake.analysis.stages import exports_stage, filter_of_master_flat
+from bandersnake.analysis import exports_stage, filter_of_master_flat
 from bandersnake.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,4 +1,4 @@
-from bandersnake.analysis.stages import plots_stage
+from bandersnake.analysis import plots_stage
 from bandersnake.logs import log_to
 
 with log_to(snakemake.log[0]):

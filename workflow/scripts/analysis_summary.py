@@ -1,4 +1,4 @@
-from bandersnake.analysis.stages import precision_summary_stage
+from bandersnake.analysis import precision_summary_stage
 from bandersnake.logs import log_to
 
 with log_to(snakemake.log[0]):

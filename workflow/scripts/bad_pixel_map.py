@@ -1,4 +1,4 @@
-from bandersnake.calibration.masters import build_bad_pixel_map
+from bandersnake.calibration import build_bad_pixel_map
 from bandersnake.logs import log_to
 
 with log_to(snakemake.log[0]):

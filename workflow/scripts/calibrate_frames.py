@@ -1,4 +1,4 @@
-from bandersnake.calibration.frames import calibrate_night, frames_from_inventory
+from bandersnake.calibration import calibrate_night, frames_from_inventory
 from bandersnake.logs import log_to
 from bandersnake.staging import staged_reads
 

@@ -1,4 +1,4 @@
-from bandersnake.ingest.inventory import make_inventory
+from bandersnake.ingest import make_inventory
 from bandersnake.logs import log_to
 
 with log_to(snakemake.log[0]):

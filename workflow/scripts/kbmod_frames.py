@@ -1,4 +1,4 @@
-from bandersnake.calibration.frames import kbmod_night
+from bandersnake.calibration import kbmod_night
 from bandersnake.logs import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,4 +1,4 @@
-from bandersnake.calibration.masters import Fallback, build_master_bias
+from bandersnake.calibration import Fallback, build_master_bias
 from bandersnake.logs import log_to
 from bandersnake.staging import staged_reads
 

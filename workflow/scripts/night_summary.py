@@ -1,5 +1,5 @@
 from bandersnake.logs import log_to
-from bandersnake.publish.summary import night_summary
+from bandersnake.publish import night_summary
 
 with log_to(snakemake.log[0]):
     night_summary(

@@ -1,6 +1,6 @@
 from bandersnake.logs import log_to
-from bandersnake.photometry.drivers import centroid_and_photometry_from_reduced
-from bandersnake.photometry.targets import resolve_for_night
+from bandersnake.photometry import centroid_and_photometry_from_reduced
+from bandersnake.photometry import resolve_for_night
 
 with log_to(snakemake.log[0]):
     settings = snakemake.params.settings

@@ -1,8 +1,8 @@
+from bandersnake.calibration import master_paths
 from bandersnake.logs import log_to
-from bandersnake.photometry.drivers import run_streaming
-from bandersnake.calibration.reduce import master_paths
+from bandersnake.photometry import resolve_for_night
+from bandersnake.photometry import run_streaming
 from bandersnake.staging import staged_reads
-from bandersnake.photometry.targets import resolve_for_night
 
 with log_to(snakemake.log[0]):
     # Raw pixels come from the staged copies in staged runs (no-op otherwise).

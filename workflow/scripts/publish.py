@@ -1,5 +1,5 @@
 from bandersnake.logs import log_to
-from bandersnake.publish.links import publish_night
+from bandersnake.publish import publish_night
 
 with log_to(snakemake.log[0]):
     publish_night(

@@ -1,5 +1,5 @@
+from bandersnake.calibration import master_paths, reduce_frames
 from bandersnake.logs import log_to
-from bandersnake.calibration.reduce import master_paths, reduce_frames
 from bandersnake.staging import staged_reads
 
 with log_to(snakemake.log[0]):

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from bandersnake.logs import log_to
-from bandersnake.sim.night import demo_config, simulate_night
+from bandersnake.sim import demo_config, simulate_night
 
 with log_to(snakemake.log[0]):
     # output.raw is <raw_root>/<INST>/images/<YYYYMMDD>

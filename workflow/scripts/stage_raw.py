@@ -1,4 +1,4 @@
-from bandersnake.ingest.inventory import read_inventory
+from bandersnake.ingest import read_inventory
 from bandersnake.logs import log_to
 from bandersnake.staging import frames_to_stage, stage_frames
 

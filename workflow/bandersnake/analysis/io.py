@@ -266,3 +266,28 @@ def match_rows(bjd_from, bjd_to, tol=1e-7):
     cand = [order[pos], order[np.clip(pos - 1, 0, len(bjd_to) - 1)]]
     best = np.where(np.abs(bjd_to[cand[0]] - bjd_from) <= np.abs(bjd_to[cand[1]] - bjd_from), cand[0], cand[1])
     return np.where(np.abs(bjd_to[best] - bjd_from) < tol, best, -1)
+
+
+# Columns of precision_metrics.fits (written by precision, and empty by status for a failed night).
+METRIC_COLUMNS = [
+    # name, unit, description
+    ("aperture_radius", "pix", "Aperture radius"),
+    ("star_number", "", "Star index (0 = target)"),
+    ("median_flux", "electron", "Median flux in the aperture over kept frames"),
+    ("flux_rate", "electron/s", "Median flux / median exposure time"),
+    ("sky_background", "electron/pix", "Median sky level per pixel"),
+    ("sigma_precision", "", "Theoretical relative noise of the star alone (median over frames)"),
+    ("sigma_photon", "", "Photon noise of the star (relative)"),
+    ("sigma_sky", "", "Sky noise (relative)"),
+    ("sigma_dark", "", "Dark-current noise (relative)"),
+    ("sigma_read", "", "Read noise (relative)"),
+    ("sigma_scintillation", "", "Scintillation (Osborn et al. 2015, per-frame airmass; relative)"),
+    ("sigma_theory_diff", "", "Theoretical noise of the star's differential light curve (star + ensemble)"),
+    ("sigma_obs_10min", "", "Observed precision: median 10-min rolling scatter of the star's light curve"),
+    ("noise_ratio", "", "sigma_obs_10min / sigma_theory_diff"),
+    ("diff_flux_std", "", "Standard deviation of the target's differential flux (kept frames)"),
+    ("n_frames_used", "", "Frames kept after outlier removal"),
+    ("is_comparison", "", "Member of the comparison ensemble"),
+    ("comp_weight", "", "Normalised ensemble weight"),
+    ("is_best_aperture", "", "Row belongs to the best aperture"),
+]

@@ -12,7 +12,9 @@ import numpy as np
 from astropy.io import fits
 from scipy import stats
 
-from ..fitsio import read_table, write_fits
+from ..fitsio import read_table, write_fits, write_text
+from .io import METRIC_COLUMNS, MissingProductError, ProductError
+from .status import STATUS_OK, status_cards
 
 SECONDS_PER_DAY = 86400.0
 
@@ -206,29 +208,6 @@ def binned_precision(time_d, values, bin_min=10.0):
 
 # ----------------------------------------------------------------------------- products
 
-METRIC_COLUMNS = [
-    # name, unit, description
-    ("aperture_radius", "pix", "Aperture radius"),
-    ("star_number", "", "Star index (0 = target)"),
-    ("median_flux", "electron", "Median flux in the aperture over kept frames"),
-    ("flux_rate", "electron/s", "Median flux / median exposure time"),
-    ("sky_background", "electron/pix", "Median sky level per pixel"),
-    ("sigma_precision", "", "Theoretical relative noise of the star alone (median over frames)"),
-    ("sigma_photon", "", "Photon noise of the star (relative)"),
-    ("sigma_sky", "", "Sky noise (relative)"),
-    ("sigma_dark", "", "Dark-current noise (relative)"),
-    ("sigma_read", "", "Read noise (relative)"),
-    ("sigma_scintillation", "", "Scintillation (Osborn et al. 2015, per-frame airmass; relative)"),
-    ("sigma_theory_diff", "", "Theoretical noise of the star's differential light curve (star + ensemble)"),
-    ("sigma_obs_10min", "", "Observed precision: median 10-min rolling scatter of the star's light curve"),
-    ("noise_ratio", "", "sigma_obs_10min / sigma_theory_diff"),
-    ("diff_flux_std", "", "Standard deviation of the target's differential flux (kept frames)"),
-    ("n_frames_used", "", "Frames kept after outlier removal"),
-    ("is_comparison", "", "Member of the comparison ensemble"),
-    ("comp_weight", "", "Normalised ensemble weight"),
-    ("is_best_aperture", "", "Row belongs to the best aperture"),
-]
-
 
 def theory_for_aperture(phot, result, params):
     """Per-frame theoretical noise of every star and of every star's differential light curve.
@@ -369,9 +348,6 @@ def write_precision_products(out_dir, tables, results, best, criterion, params, 
     (Path, Path)
         Metrics and summary paths.
     """
-    from ..fitsio import write_text
-    from .status import STATUS_OK, status_cards
-
     out_dir = Path(out_dir)
     window = float(settings.get("precision_window_min", 10.0))
     rows, notes = [], []
@@ -408,8 +384,6 @@ def write_precision_products(out_dir, tables, results, best, criterion, params, 
 
 def read_precision_metrics(path):
     """Read ``precision_metrics.fits`` as an astropy Table (raises MissingProductError if absent)."""
-    from .io import MissingProductError, ProductError
-
     path = Path(path)
     if not path.exists():
         raise MissingProductError(path, "differential")

@@ -24,6 +24,7 @@ from astropy.io import fits
 from .. import __version__
 from ..errors import AnalysisNotPossible
 from ..fitsio import write_fits, write_text
+from .io import METRIC_COLUMNS, MissingProductError, ProductError
 
 log = logging.getLogger("bandersnake.analysis")
 
@@ -70,8 +71,6 @@ def analysis_failure(path):
     -------
     str or None
     """
-    from .io import MissingProductError, ProductError
-
     path = Path(path)
     if not path.exists():
         raise MissingProductError(path, "differential")
@@ -111,8 +110,6 @@ def failed_differential_hdul(reason, night="", target=""):
 
 def failed_metrics_hdul(reason, night="", target=""):
     """``precision_metrics.fits`` of a failed analysis: the ``PRECISION`` columns with no rows."""
-    from .precision import METRIC_COLUMNS
-
     cols = []
     for name, unit, _ in METRIC_COLUMNS:
         fmt, dtype = ("J", np.int32) if name in _METRIC_INT else (("L", bool) if name in _METRIC_BOOL

@@ -14,17 +14,13 @@ autocorrelation time, percentiles), :mod:`.fit`, :mod:`.joint`, :mod:`.night` (p
 Submodules load on first use (PEP 562), so importing the package does not import batman or emcee.
 """
 
-import importlib
+from .._lazy import lazy_exports
 
-_ENTRY_POINTS = {
-    "transit_fit_stage": ".stages", "joint_fit_stage": ".stages", "fit_night": ".fit",
-    "fit_joint": ".joint", "limb_darkening_prior": ".limbdark", "linear_ephemeris": ".joint",
-}
-
-__all__ = sorted(_ENTRY_POINTS)
-
-
-def __getattr__(name):
-    if name in _ENTRY_POINTS:
-        return getattr(importlib.import_module(_ENTRY_POINTS[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "transit_fit_stage": ".stages",
+    "joint_fit_stage": ".stages",
+    "fit_night": ".fit",
+    "fit_joint": ".joint",
+    "linear_ephemeris": ".joint",
+    "limb_darkening_prior": ".limbdark",
+})
