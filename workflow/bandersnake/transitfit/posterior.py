@@ -268,3 +268,76 @@ class Posterior:
         tr = self.transit(par, i)
         c, fisher, _, _ = self.linear_solve(night, tr)
         return tr, night.design @ c, c, np.linalg.inv(fisher)
+
+    # ------------------------------------------------------------------ vectorised, for emcee
+    def batch(self, thetas):
+        """Log-posterior of many vectors at once (emcee's ``vectorize=True``).
+
+        The prior, the orbit and the linear solve run as array operations over the walkers; only
+        batman is called once per walker and night. Equal to :meth:`__call__` row by row (tested).
+        """
+        x = np.atleast_2d(np.asarray(thetas, float))
+        w = len(x)
+        col = {name: x[:, i] for i, name in enumerate(self.names)}
+        n = self.n_nights
+        k2 = col["rp_rs_sq"]
+        ok = (k2 > 0) & (k2 <= RP_RS_SQ_MAX)
+        for i, night in enumerate(self.nights):
+            t0 = night.tref + x[:, i]
+            ok &= (t0 >= night.window[0]) & (t0 <= night.window[1])
+        k = np.sqrt(np.clip(k2, 0, None))
+        b = col["b"] if "b" in col else np.full(w, float(self.b_fixed))
+        lp = np.zeros(w)
+        if self.b_fixed is None:
+            b_hi = 1.0 + k if self.b_max is None else np.minimum(self.b_max, 1.0 + k)
+            ok &= (b >= 0) & (b < b_hi)
+            if self.b_max is None:
+                lp -= np.log1p(k)
+        u1 = col.get("u1", np.full(w, self.ld["u1"]))
+        u2 = col.get("u2", np.full(w, self.ld["u2"]))
+        if self.fit_ld:
+            ok &= (u1 >= 0) & (u1 + u2 <= 1) & (u1 + 2 * u2 >= 0)
+            s = self.ld["sigma"]
+            lp -= 0.5 * (((u1 - self.ld["u1"]) / s) ** 2 + ((u2 - self.ld["u2"]) / s) ** 2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.size == "rho_star":
+                rho = col["rho_star"]
+                if self.density is not None:
+                    ok &= rho > 0
+                    lp -= 0.5 * ((rho - self.density[0]) / self.density[1]) ** 2
+                else:
+                    ok &= (rho >= RHO_RANGE[0]) & (rho <= RHO_RANGE[1])
+                    lp -= np.log(np.where(rho > 0, rho, 1.0))
+                a_rs = a_rs_from_density(np.where(rho > 0, rho, 1.0), self.period)
+                per = self.period
+            else:
+                t14 = col["t14"]
+                ok &= (t14 >= T14_MIN_D) & (t14 <= T14_MAX_D)
+                chord2 = (1.0 + k) ** 2 - b * b
+                sn = np.sin(np.pi * t14 / NO_PERIOD)
+                a_rs = np.sqrt(np.where(chord2 > 0, chord2, np.nan) / sn**2 + b * b)
+                per = NO_PERIOD
+            ok &= np.isfinite(a_rs) & (a_rs > 1.0) & (b < a_rs)
+            inc = np.degrees(np.arccos(np.clip(b / a_rs, -1, 1)))
+        out = np.full(w, -np.inf)
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            return out
+        ll = np.zeros(len(idx))
+        for i, night in enumerate(self.nights):
+            tr = np.empty((len(idx), len(night.t)))
+            for j, m in enumerate(idx):
+                tr[j] = night.model.flux_orbit(night.tref + x[m, i], k[m], a_rs[m], inc[m], u1[m], u2[m], per)
+            quad, lin, yy, nl = self._products(night)
+            fisher = (tr * tr @ quad.T).reshape(len(idx), nl, nl)
+            g = tr @ lin.T
+            sign, logdet = np.linalg.slogdet(fisher)
+            good = (sign > 0) & np.all(np.isfinite(tr), axis=1)
+            c = np.zeros_like(g)
+            if good.any():
+                c[good] = np.linalg.solve(fisher[good], g[good][..., None])[..., 0]
+            chi2 = np.maximum(yy - np.sum(g * c, axis=1), 0.0)
+            ll += np.where(good, -0.5 * chi2 - 0.5 * np.where(good, logdet, 0.0)
+                           - len(night.t) * math.log(night.noise_factor), -np.inf)
+        out[idx] = lp[idx] + ll
+        return out

@@ -112,7 +112,7 @@ def run_mcmc(post, x_best, seed=0, n_walkers=None, n_tau=40, tau_rtol=0.05, bloc
     # T0-b-density posteriors of partial transits they gave 2.5-3 times shorter autocorrelation
     # times than emcee's default stretch move (measured on three coverage-benchmark cases).
     moves = [(emcee.moves.DEMove(), 0.8), (emcee.moves.DESnookerMove(), 0.2)]
-    sampler = emcee.EnsembleSampler(n_walkers, ndim, post, moves=moves)
+    sampler = emcee.EnsembleSampler(n_walkers, ndim, post.batch, moves=moves, vectorize=True)
     sampler._random = np.random.mtrand.RandomState(seed)
     old_tau, converged, state = np.inf, False, p0
     tau = np.full(ndim, np.nan)
