@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-BIN_MINUTES = (10.0, 15.0, 20.0, 30.0)
+BIN_MINUTES = (5.0, 10.0, 15.0, 20.0, 30.0)
 
 
 def white_scale(resid, err, n_free):
@@ -22,7 +22,12 @@ def white_scale(resid, err, n_free):
 
 
 def red_noise_beta(t, resid, bins_min=BIN_MINUTES, min_bins=4):
-    """Red-noise factor beta >= 1: median over bin widths of the binned scatter over its white expectation.
+    """Red-noise factor beta >= 1: the largest over bin widths of the binned scatter over its white expectation.
+
+    The largest, not the median (Winn et al. 2008 averaged): on the coverage benchmark's nights
+    (red noise of 0-0.4 times the white level, 5-30 min) the median over 10-30 min was 1.00 for most
+    nights and the 68 % intervals of T0 held the truth in 50 % of 16 cases; taking the largest
+    value over 5-30 min, as e.g. Gillon et al. (2010) do, is the conservative choice.
 
     Parameters
     ----------
@@ -54,4 +59,4 @@ def red_noise_beta(t, resid, bins_min=BIN_MINUTES, min_bins=4):
         means = np.bincount(idx, resid)[good] / counts[good]
         expected = sigma1 / math.sqrt(np.mean(counts[good])) * math.sqrt(m / (m - 1))
         betas.append(np.std(means, ddof=1) / expected)
-    return max(1.0, float(np.median(betas))) if betas else 1.0
+    return max(1.0, float(np.max(betas))) if betas else 1.0
