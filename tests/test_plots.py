@@ -51,7 +51,7 @@ def test_multi_night_and_transit_plots(nights, tmp_path):
     root, n, s = nights[0]
     d = read_differential(s["paths"]["differential"])
     ok = d["frame_ok"]
-    fit = fit_night(d["BJD_TDB"][ok], d["diff_flux"][ok], d["diff_flux_err"][ok], {"n_tau": 20},
+    fit = fit_night(d["BJD_TDB"][ok], d["diff_flux"][ok], d["diff_flux_err"][ok], {"n_tau": 20, "max_steps": 1500},
                     ld={"u1": 0.4, "u2": 0.25, "sigma": 0.1})
     _assert_png(plot_night_fit(fit, tmp_path / "fit.png"))
     _assert_png(plot_corner(fit["samples"], tmp_path / "corner.png"))
