@@ -93,6 +93,7 @@ def _outputs(root, name):
             (("fit", ".yaml"), ("plot", ".png"), ("corner", "_corner.png"), ("lc", "_lc.ecsv"))}
 
 
+@pytest.mark.slow
 def test_stage_recovers_injected_transit(fitted):
     """The workflow's fit (transitfit stage) on a simulated night's products: (Rp/R*)^2, T0 and the
     deepest flux drop hold the injected values within their 95 % intervals (a 1-in-20 miss each for
@@ -116,6 +117,7 @@ def test_stage_recovers_injected_transit(fitted):
         assert out[key].stat().st_size > 1000, key
 
 
+@pytest.mark.slow
 def test_stage_with_known_geometry(fitted):
     """Period, impact parameter and limb darkening fixed at the truth: (Rp/R*)^2 within its 95 %."""
     n, s, root = fitted

@@ -127,6 +127,7 @@ def test_central_transit_gives_finite_calibrated_errors():
     assert res["chain"]["n_steps"] >= 40 * max(res["chain"]["tau"])
 
 
+@pytest.mark.slow
 def test_rp_rs_sq_and_max_flux_drop_differ():
     """With limb darkening the deepest loss of light exceeds (Rp/R*)^2: both are reported."""
     t0 = 2460000.70

@@ -82,6 +82,7 @@ def limb_darkening_prior(settings, filter_name=None):
         sig = float(tab["sigma"] if sigma is None else sigma)
         return {"u1": float(s["u1"]), "u2": float(s["u2"]), "sigma": sig, "source": "user values (settings u1, u2)"}
     name = s.get("filter") or filter_name
+    name = None if name is None else str(name)
     band = band_of_filter(name)
     teff = float(s.get("teff") or DEFAULT_TEFF_K)
     if band is None:
