@@ -31,6 +31,7 @@ include: "rules/kbmod.smk"
 include: "rules/analysis.smk"
 include: "rules/transit.smk"
 include: "rules/publish.smk"
+include: "rules/templates.smk"
 
 
 if STAGING:
@@ -39,11 +40,13 @@ if STAGING:
 
 
 # Every night (listed in config or discovered under raw_root) published in results/, plus the
-# multi-night precision-versus-brightness plot and the joint transit fits of results/targets/.
+# multi-night precision-versus-brightness plot, every configured template, and the joint transit
+# fits of results/targets/.
 rule all:
     default_target: True
     input:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
         PRECISION_SUMMARY,
+        all_template_products(),
         # one joint transit fit per target fitted on two nights or more (needs the inventories)
         lambda w: [f"{RESULTS}/targets/{t}/joint_fit.yaml" for t in joint_fit_targets()],

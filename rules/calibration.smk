@@ -3,6 +3,9 @@ rule master_bias:
     input:
         unpack(staged_night),
         frames=calib_frames("bias"),
+        # Read for the up-front check of every master's source; ancient: a rewritten inventory
+        # (a science frame added) does not re-run the masters.
+        inventory=ancient(work("{night}/calib/inventory.ecsv")),
     output:
         work("{night}/calib/master_bias.fits"),
     log:

@@ -1,10 +1,18 @@
 """Input functions and parameters of the calibration stage (rules/calibration.smk)."""
 
 
+def skipped(night, kind):
+    """Whether the night does without calibration ``kind`` (``calibration_params.skip``)."""
+    return kind in night_cfg(night)["calibration_params"]["skip"]
+
+
 def calib_frames(frame_type, **match):
-    """Input function: accepted frames of one type from the night's inventory."""
+    """Input function: accepted frames of one type from the night's inventory (none when the
+    night skips that calibration)."""
 
     def frames(wildcards):
+        if skipped(wildcards.night, frame_type):
+            return []
         wanted = {k: getattr(wildcards, v) for k, v in match.items()}
         return list_files(inventory(wildcards.night), frame_type, **wanted)
 
@@ -13,10 +21,23 @@ def calib_frames(frame_type, **match):
 
 def flat_frames(session):
     def frames(wildcards):
+        if skipped(wildcards.night, "flat"):
+            return []
         table = inventory(wildcards.night)
         return list_files(table, "flat", filter=wildcards.filter, session=session)
 
     return frames
+
+
+def science_shape(night):
+    """Most common raw ``[ny, nx]`` of the night's accepted science frames (shape of skipped
+    masters when the instrument file gives none), or None."""
+    table = inventory(night)
+    sel = (table["type"] == "science") & table["accepted"]
+    shapes = [
+        (int(ny), int(nx)) for ny, nx in zip(table["naxis2"][sel], table["naxis1"][sel])
+    ]
+    return list(max(set(shapes), key=shapes.count)) if shapes else None
 
 
 def calib_params(kind):
@@ -47,6 +68,11 @@ def fallback_params(wildcards):
         # runs keep relative ones so moving the project does not rerun the masters.
         search_roots=[_abs_if_staged(WORK), _abs_if_staged(RESULTS)],
         master_flats_file=_abs_if_staged(config["master_flats_file"]),
+        raw_shape=(
+            science_shape(wildcards.night)
+            if night_cfg(wildcards.night)["calibration_params"]["skip"]
+            else None
+        ),
     )
 
 

@@ -14,10 +14,12 @@ APERTURES = list(range(PHOT["aper_min"], PHOT["aper_max"] + 1))
 
 
 def instruments():
-    """Instrument names whose nights are discovered."""
+    """Instrument names whose nights are discovered: the ``instruments`` list, else every
+    instrument file of instruments_dir (a YAML whose ``name`` is its file stem; a targets file
+    or any other YAML beside them is not an instrument and is not validated as one)."""
     if config["instruments"]:
         return config["instruments"]
-    return sorted(p.stem for p in Path(config["instruments_dir"]).glob("*.yaml"))
+    return bconfig.instrument_names(config["instruments_dir"])
 
 
 @lru_cache(maxsize=None)
@@ -58,7 +60,7 @@ def targets_config():
     path = Path(config["targets_file"])
     data = bconfig.load_yaml(path) if path.exists() else {}
     try:
-        return bconfig.validate(data, "targets.schema.yaml", str(path))
+        return bconfig.validate(data, "targets.schema.yaml", f"targets file {path}")
     except ConfigError as err:
         raise WorkflowError(str(err))
 
@@ -68,7 +70,9 @@ def master_flats_config():
     path = Path(config["master_flats_file"])
     data = bconfig.load_yaml(path) if path.exists() else {}
     try:
-        return bconfig.validate(data, "master_flats.schema.yaml", str(path))
+        return bconfig.validate(
+            data, "master_flats.schema.yaml", f"master flats file {path}"
+        )
     except ConfigError as err:
         raise WorkflowError(str(err))
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import discover_nights, instrument_layout, load_yaml
+from .config import discover_nights, instrument_layout, instrument_names, load_yaml
 from .errors import BandersnakeError
 from .fitsio import write_text
 
@@ -253,8 +253,7 @@ def batch_nights(config, workflow_dir=WORKFLOW_DIR):
     """Nights a batch covers: ``config['nights']``, else every night found in the raw tree."""
     if config.get("nights"):
         return list(config["nights"])
-    instruments = config.get("instruments") or sorted(
-        p.stem for p in _instruments_dir(config, workflow_dir).glob("*.yaml"))
+    instruments = config.get("instruments") or instrument_names(_instruments_dir(config, workflow_dir))
     layout = config.get("raw_layout", "{raw_root}/{inst}/images/{date}")
     inst_dir = _instruments_dir(config, workflow_dir)
     # Instruments may carry their own layout (ASTEP's date folders).

@@ -75,18 +75,46 @@ def parse_night_id(night):
 @lru_cache(maxsize=None)
 def _load_instrument_cached(path):
     data = load_yaml(path)
-    validate(data, "instrument.schema.yaml", path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"instrument file {path}: expected a mapping of instrument keys (schema "
+                          "config/schemas/instrument.schema.yaml), found a YAML {type(data).__name__}")
+    validate(data, "instrument.schema.yaml", f"instrument file {path}")
     if data["name"] != Path(path).stem:
-        raise ConfigError(f"{path}: name {data['name']!r} differs from the file name {Path(path).stem!r}")
+        raise ConfigError(f"instrument file {path}: name {data['name']!r} differs from the file name "
+                          f"{Path(path).stem!r}")
     return data
 
 
+def is_instrument_file(path):
+    """Whether a YAML file declares itself an instrument: a mapping whose ``name`` is its file stem.
+
+    Other YAML files beside the instrument files (a targets file, notes) are not instruments and
+    are never validated as such.
+    """
+    try:
+        data = load_yaml(path)
+    except ConfigError:
+        return True     # broken YAML: let loading it report the error, naming the file
+    return isinstance(data, dict) and str(data.get("name", "")) == Path(path).stem
+
+
+def instrument_names(instruments_dir):
+    """Instruments of ``instruments_dir``: the stems of its instrument files (:func:`is_instrument_file`)."""
+    return sorted(p.stem for p in Path(instruments_dir).glob("*.yaml") if is_instrument_file(p))
+
+
 def load_instrument(instruments_dir, name):
-    """Validated instrument dictionary for ``name`` from ``<instruments_dir>/<name>.yaml``."""
+    """Validated instrument dictionary for ``name`` from ``<instruments_dir>/<name>.yaml``.
+
+    Only that file is read: instrument files are found by name (a night's ``<INST>`` or the
+    workflow's ``instruments`` list), so another YAML in the folder is never validated.
+    """
     path = Path(instruments_dir) / f"{name}.yaml"
     if not path.exists():
-        known = sorted(p.stem for p in Path(instruments_dir).glob("*.yaml"))
-        raise ConfigError(f"{path}: no instrument file for {name!r} (known: {', '.join(known) or 'none'})")
+        known = instrument_names(instruments_dir) if Path(instruments_dir).is_dir() else []
+        raise ConfigError(f"instrument file {path}: not found: no instrument {name!r} in {instruments_dir} "
+                          f"(known: {', '.join(known) or 'none'}; "
+                          "bandersnake-init-instrument RAW_DIR drafts one)")
     return copy.deepcopy(_load_instrument_cached(str(path)))
 
 

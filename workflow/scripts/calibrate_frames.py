@@ -22,4 +22,5 @@ with log_to(snakemake.log[0]):
             find_cosmics=p["settings"]["cosmics"],
             cosmics_config=p["cosmics"],
             threads=snakemake.threads,
+            cosmics_method=p["settings"]["cosmics_method"],
         )

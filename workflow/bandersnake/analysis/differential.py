@@ -649,7 +649,7 @@ def load_night(phot_paths, centroid_path=None):
 
 
 def run_differential(phot_paths, centroid_path, instrument, settings=None, out_dir=None,
-                     read_noise_e=None, dark_e_per_s=None, night="", target=""):
+                     read_noise_e=None, dark_e_per_s=None, night="", target="", calibration_skipped="none"):
     """Differential photometry and precision analysis of one (night, target).
 
     Writes ``differential.fits``, ``precision_metrics.fits`` and ``differential_summary.txt`` to
@@ -691,6 +691,10 @@ def run_differential(phot_paths, centroid_path, instrument, settings=None, out_d
         instrument,
         read_noise_e if read_noise_e is not None else cfg["read_noise_e"],
         dark_e_per_s if dark_e_per_s is not None else cfg["dark_e_per_s"])
+    # Skipped calibrations (calibration_params.skip): a skipped bias leaves the read noise at the
+    # instrument's figure, a skipped dark leaves dark current in the sky level (sky noise term),
+    # a skipped flat leaves pixel-response errors out of the model. Said in the products' headers.
+    params["calibration_skipped"] = calibration_skipped or "none"
     results = [differential_aperture(t, params, cfg) for t in tables]
     usable = [r.mode != "skipped" and int(r.frame_ok.sum()) >= MIN_KEPT_FRAMES for r in results]
     if not any(usable):
@@ -748,6 +752,7 @@ def write_differential(path, tables, results, best, criterion, params, night="",
     h["NAPER"] = (len(tables), "apertures analysed")
     h["RDNOISE"] = (params["read_noise_e"], "read noise used (e-)")
     h["DARKCUR"] = (params["dark_e_per_s"], "dark current used (e-/s/px)")
+    h["CALSKIP"] = (params.get("calibration_skipped", "none"), "calibrations skipped (noise model)")
     h["SCINT_CY"] = (params["C_Y"], "Osborn et al. 2015 C_Y")
     h["CREATOR"] = f"bandersnake {__version__} analysis.differential"
     for t in tables:

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ..fitsio import atomic_path
 from .differential import aperture_radii, read_differential
@@ -34,9 +32,18 @@ NOISE_STYLE = {
 
 
 def _figure(nrows=1, ncols=1, size=(9, 5), **kw):
-    fig = Figure(figsize=size, layout="constrained")
+    """Figure with fixed margins (inches): matplotlib's constrained layout measured every tick
+    label of every panel and took half of the plots job's time (issue 22)."""
+    # matplotlib only where a figure is drawn: the Snakefile imports this module (PLOTS) at every start.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    w, h = size
+    fig.subplots_adjust(left=0.85 / w, right=1 - 0.2 / w, bottom=0.55 / h, top=1 - (0.7 if ncols > 1 else 0.45) / h,
+                        hspace=0.45 if ncols > 1 else 0.12 * nrows ** 0.5, wspace=0.3)
     return fig, axes
 
 

@@ -138,6 +138,18 @@ def master_noise(bias_path, dark_path):
             _header_value(dark_path, "DARKCUR", "dark current", "master_dark"))
 
 
+def calibrations_skipped(phot_paths):
+    """Calibrations the night skipped (``CALSKIP`` of the photometry tables, e.g. ``'bias,dark,flat'``),
+    ``'none'`` when none was or the tables predate the keyword."""
+    for path in phot_paths:
+        try:
+            header = fits.getheader(path, 1)
+        except Exception:  # noqa: BLE001 - unreadable tables are reported by the analysis itself
+            continue
+        return str(header.get("CALSKIP", "none")).strip() or "none"
+    return "none"
+
+
 def filter_of_master_flat(flat_path):
     """Science filter of a target: ``FILTER`` of its master flat (else the ``master_flat_<FILTER>`` name)."""
     flat_path = Path(flat_path)
@@ -194,12 +206,14 @@ def differential_stage(phot_paths, centroid_path, bias_path, dark_path, instrume
     """
     cfg = differential_settings(settings)
     rn, dc = master_noise(bias_path, dark_path)
+    skipped = calibrations_skipped(phot_paths)
     rn = cfg["read_noise_e"] if cfg["read_noise_e"] is not None else rn
     dc = cfg["dark_e_per_s"] if cfg["dark_e_per_s"] is not None else dc
     out_dir = Path(outputs["differential"]).parent
     try:
         result = run_differential(list(phot_paths), centroid_path, instrument, cfg, out_dir=out_dir,
-                                  read_noise_e=rn, dark_e_per_s=dc, night=night, target=target)
+                                  read_noise_e=rn, dark_e_per_s=dc, night=night, target=target,
+                                  calibration_skipped=skipped)
     except AnalysisNotPossible as err:  # a data condition; anything else is a bug and propagates
         log.warning("%s; publishing the night with the analysis marked FAILED", err)
         paths = write_failed_differential(outputs, err.reason, night, target)

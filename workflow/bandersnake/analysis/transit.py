@@ -31,7 +31,6 @@ import logging
 import math
 
 import numpy as np
-from scipy.optimize import least_squares
 
 log = logging.getLogger("bandersnake.analysis")
 
@@ -276,6 +275,8 @@ def fit_transit(t, flux, err, period=None, t0=None, window=None, duration=None, 
     # A night that misses the baseline on one side leaves depth, duration and baseline nearly
     # degenerate, and the trust-region steps creep along that valley: XO-1 b on the real ARCSAT
     # night took 3376 evaluations, 8x scipy's default budget of 100 per parameter.
+    from scipy.optimize import least_squares  # here: the Snakefile imports this module at every start
+
     res = least_squares(lambda x: (model(x) - flux) / err, x0, bounds=(lo, hi), x_scale="jac",
                         max_nfev=2000 * len(x0))
     resid = flux - model(res.x)

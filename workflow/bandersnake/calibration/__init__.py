@@ -18,6 +18,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "build_master_dark_matched": ".masters",
     "build_master_flat": ".masters",
     "build_bad_pixel_map": ".masters",
+    "check_night_calibrations": ".masters",
     "master_paths": ".reduce",
     "reduce_frames": ".reduce",
     "calibrate_night": ".frames",

@@ -111,7 +111,7 @@ _CAL_DTYPES = ("U1024", "U256", "U8", "U32", "f8", "U256", "?", "i8", "i8", "i8"
 
 
 def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix="_CAL", grow=1,
-                    find_cosmics=True, cosmics_config=None, threads=1):
+                    find_cosmics=True, cosmics_config=None, threads=1, cosmics_method="astroscrappy"):
     """Calibrate a night's science frames into ``out_dir`` and flag their cosmic rays.
 
     Parameters
@@ -157,7 +157,10 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
     out_dir.mkdir(parents=True, exist_ok=True)
     cosmics_config = dict(cosmics_config or {})
     replace_sci = bool(cosmics_config.pop("replace_sci", False))
-    cr_params = _cosmics.cosmic_params(cosmics_config) if find_cosmics else None
+    # "series": the frames are written first, then flagged against their neighbours in time
+    # (calibration/cosmics_series.py, issue 22); astroscrappy is not run.
+    series = find_cosmics and cosmics_method == "series"
+    cr_params = _cosmics.cosmic_params(cosmics_config) if find_cosmics and not series else None
     darks = {float(k): v for k, v in (darks or {}).items()}
     cache = {}
     # numba's default (workqueue) threading layer aborts on concurrent parallel launches: the
@@ -208,8 +211,9 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
             hdr["DARKFILE"] = (Path(dark_path).name if dark_path else "none", "master dark used (ADU/s)")
             for key, value, comment in cr_cards:
                 hdr[key] = (value, comment)
-            hdr["HISTORY"] = ("MASK bit 2: cosmic rays (astroscrappy, gain 1 on e- data)" if cr_params
-                              else "cosmic rays not searched")
+            if not series:
+                hdr["HISTORY"] = ("MASK bit 2: cosmic rays (astroscrappy, gain 1 on e- data)" if cr_params
+                                  else "cosmic rays not searched")
             write_fits(hdul, out_dir / names[k])
             if not matched and dark_path and row["exptime"] not in warned:
                 warned.add(row["exptime"])
@@ -229,6 +233,8 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
 
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
         rows = list(pool.map(one, enumerate(frames)))
+    if series:
+        _flag_series(rows, out_dir)
     n_ok = sum(r["status"] == "ok" for r in rows)
     table = _write_table(rows, _CAL_COLUMNS, _CAL_DTYPES, out_dir / CALIBRATED_TABLE,
                          meta={"n_frames": len(rows), "n_calibrated": n_ok, "suffix": suffix,
@@ -239,6 +245,25 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
         raise BandersnakeError(f"{out_dir}: none of the {len(frames)} science frames could be calibrated "
                                f"(first reason: {rows[0]['reason']})")
     return table
+
+
+def _flag_series(rows, out_dir):
+    """Cosmic rays of the calibrated frames against their neighbours in time; a frame that cannot
+    be flagged is skipped with its reason, the others go on."""
+    from .cosmics_series import flag_night_series
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    by_path = {str(out_dir / r["file"]): r for r in ok}
+
+    def skip(path, reason):
+        row = by_path[path]
+        row.update(status="skipped", reason=reason)
+        log.warning("frame skipped: %s: %s", path, reason)
+        Path(path).unlink(missing_ok=True)
+
+    counts = flag_night_series(list(by_path), on_error=skip)
+    for path, n_cr in counts.items():
+        by_path[path]["n_cosmic"] = n_cr
 
 
 def cosmics_in_frame(sci, err, mask, read_noise_e, saturation_e, params, return_clean=False, pad=8):

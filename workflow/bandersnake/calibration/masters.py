@@ -21,15 +21,14 @@ The choice is logged and written to the header (``FALLBACK``); with nothing avai
 import datetime as _dt
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.stats import mad_std
-from scipy import ndimage
 
-from .combine import load_stack
+from .combine import MAD_TO_SIGMA, load_stack
 from ..config import load_yaml, parse_night_id
 from ..errors import CalibrationMissing, ConfigError, FrameError
 from ..fitsio import read_image, write_fits
@@ -200,6 +199,11 @@ class Fallback:
         bandersnatch's ``master_flats.yaml`` (``filters: {F: [{start_date, path}, ...]}``).
     force_backup_flats : bool
         Skip the night's own flats and use ``master_flats_file`` / ``backup_flats`` first.
+    skip : tuple of str
+        ``calibration_params.skip``: calibrations the night does without (:func:`write_skipped_master`).
+    raw_shape : tuple of int, optional
+        ``(ny, nx)`` of the night's raw science frames, for skipped masters when the instrument
+        file gives no shape.
     """
 
     night: str = None
@@ -210,15 +214,22 @@ class Fallback:
     backup_flats: dict = field(default_factory=dict)
     master_flats_file: str = None
     force_backup_flats: bool = False
+    skip: tuple = ()
+    raw_shape: tuple = None
 
     @classmethod
-    def from_settings(cls, night, calibration_params, search_roots=(), master_flats_file=None):
+    def from_settings(cls, night, calibration_params, search_roots=(), master_flats_file=None, raw_shape=None):
         """Build from a night's validated ``calibration_params`` section."""
         cp = calibration_params or {}
         return cls(night=night, search_roots=tuple(search_roots), max_days=cp.get("fallback_max_days", 30),
                    backup_bias=cp.get("backup_master_bias"), backup_dark=cp.get("backup_master_dark"),
                    backup_flats=dict(cp.get("backup_master_flats") or {}), master_flats_file=master_flats_file,
-                   force_backup_flats=bool(cp.get("force_backup_flats", False)))
+                   force_backup_flats=bool(cp.get("force_backup_flats", False)),
+                   skip=tuple(cp.get("skip") or ()), raw_shape=tuple(raw_shape) if raw_shape else None)
+
+    def skips(self, kind):
+        """Whether calibration ``kind`` ('bias', 'dark', 'flat') is skipped this night."""
+        return kind in (self.skip or ())
 
 
 def _night_date(night):
@@ -418,6 +429,227 @@ def _flat_backups(out, fb, filter_name, expected_shape):
     return None, notes
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# skipped calibrations (calibration_params.skip)
+# --------------------------------------------------------------------------------------------
+SKIP_NOTES = {"bias": "constant pedestal", "dark": "no dark subtracted", "flat": "unit flat"}
+
+
+def pedestal(instrument):
+    """Bias level (ADU) subtracted when the bias is skipped, and where it comes from.
+
+    With an ``overscan_section`` every frame's overscan level is already subtracted, so the
+    pedestal left is 0; else the instrument file's ``bias_level_adu``.
+
+    Raises
+    ------
+    CalibrationMissing
+        When the instrument file has neither.
+    """
+    if instrument.get("overscan_section"):
+        return 0.0, f"overscan {instrument['overscan_section']}"
+    level = instrument.get("bias_level_adu")
+    if level is None:
+        raise CalibrationMissing(
+            f"calibration_params.skip has 'bias' but instrument {instrument.get('name', '?')} has neither "
+            "bias_level_adu nor overscan_section: set bias_level_adu (the camera's bias level, ADU; "
+            "bandersnake-init-instrument estimates it) in its instrument file")
+    return float(level), "bias_level_adu"
+
+
+def skipped_shape(instrument, raw_shape=None):
+    """Shape ``(ny, nx)`` of a skipped master: the instrument's (trimmed), else ``raw_shape`` trimmed."""
+    shape = calibrated_shape(instrument)
+    if shape is not None:
+        return shape
+    if not raw_shape:
+        raise CalibrationMissing("a skipped calibration needs the frames' shape: set shape in the instrument file")
+    tsec = instrument.get("trim_section")
+    if not tsec:
+        return tuple(int(v) for v in raw_shape)
+    rows, cols = section_slices(tsec, tuple(raw_shape), "trim_section")
+    return rows.stop - rows.start, cols.stop - cols.start
+
+
+def write_skipped_master(kind, out, instrument, raw_shape=None, filter_name=None):
+    """Write the stand-in master of a skipped calibration.
+
+    * bias: the constant :func:`pedestal` (ADU); ``RDNOISE`` is the instrument's ``read_noise_e``
+      (not measured);
+    * dark: zeros (ADU/s); ``DARKCUR`` 0: dark current stays in the sky level, which the local
+      sky subtraction removes and whose noise the sky term of the noise model carries;
+    * flat: ones.
+
+    Headers: ``FALLBACK = 'skipped'``, ``CALSKIP = T`` and ``SKIPNOTE`` saying what stands in.
+
+    Returns
+    -------
+    dict
+        ``path``, ``fallback`` ('skipped'), ``ncombine`` (0), ``skipped`` ([]), and ``rdnoise_e``
+        (bias), ``darkcur_e`` (dark), ``level_adu`` (bias).
+    """
+    shape = skipped_shape(instrument, raw_shape)
+    header = fits.Header()
+    header["CALTYPE"] = kind.upper()
+    header["NCOMBINE"] = (0, "frames combined")
+    header["FALLBACK"] = "skipped"
+    header["CALSKIP"] = (True, "skipped (calibration_params.skip)")
+    extra = {}
+    if kind == "bias":
+        level, how = pedestal(instrument)
+        data = np.full(shape, level, np.float32)
+        header["BUNIT"] = "adu"
+        header["BIASLEV"] = (level, "[ADU] constant pedestal")
+        header["RDNOISE"] = (float(instrument["read_noise_e"]), "[e-] instrument file's, not measured")
+        header["GAIN"] = (float(instrument["gain_e_per_adu"]), "gain used (e-/ADU)")
+        note = f"bias skipped: constant pedestal {level:g} ADU from {how}"
+        extra = {"rdnoise_e": float(instrument["read_noise_e"]), "level_adu": level}
+    elif kind == "dark":
+        data = np.zeros(shape, np.float32)
+        header["BUNIT"] = "adu / s"
+        header["DARKCUR"] = (0.0, "[e-/s/px] dark skipped, not measured")
+        note = "dark skipped: no dark subtracted (dark current stays in the sky level)"
+        extra = {"darkcur_e": 0.0}
+    elif kind == "flat":
+        data = np.ones(shape, np.float32)
+        header["BUNIT"] = ""
+        header["FILTER"] = filter_name or ""
+        header["ILLUMFR"] = (1.0, "fraction of pixels illuminated")
+        note = "flat skipped: unit flat (no pixel-response correction)"
+    else:
+        raise ValueError(f"unknown calibration {kind!r}")
+    header["SKIPNOTE"] = note
+    header.add_history(f"bandersnake: {note}")
+    write_fits(fits.PrimaryHDU(data, header), out)
+    log.warning("%s: %s (calibration_params.skip)", Path(out).name, note)
+    return dict({"path": str(out), "fallback": "skipped", "ncombine": 0, "skipped": []}, **extra)
+
+
+def _skipping(fallback, kind):
+    return fallback is not None and fallback.skips(kind)
+
+
+def calibration_sources(counts, calibration_params, fallback, filters):
+    """Where each master of a night will come from, decided from frame counts before any job runs.
+
+    Parameters
+    ----------
+    counts : dict
+        Accepted frames per calibration: ``{"bias": n, "dark": n, "flat": {filter: n}}``.
+    calibration_params : dict
+        The night's validated ``calibration_params`` (``min_*_frames``, ``skip``, backups).
+    fallback : Fallback
+        Earlier-night search, ``master_flats.yaml`` and backup paths of the night.
+    filters : iterable of str
+        Science filters (a master flat each).
+
+    Returns
+    -------
+    dict
+        ``{"bias": text, "dark": text, "flat <F>": text}``; text is ``"frames (n)"``,
+        ``"skipped"``, ``"earlier night <night>"``, ``"backup <path>"``, ``"master_flats.yaml <path>"``
+        or ``None`` when nothing will give that master.
+    """
+    cp = calibration_params or {}
+    fb = fallback or Fallback()
+    skip = set(cp.get("skip") or ()) | set(fb.skip or ())
+    out = {}
+
+    def earlier(name):
+        found = [night for night, path in earlier_night_masters(fb, name) if _is_own_master(path)]
+        return f"earlier night {found[0]}" if found else None
+
+    for kind in ("bias", "dark"):
+        n = int(counts.get(kind, 0))
+        backup = fb.backup_bias if kind == "bias" else fb.backup_dark
+        if kind in skip:
+            out[kind] = "skipped"
+        elif n >= int(cp.get(f"min_{kind}_frames", 3)):
+            out[kind] = f"frames ({n})"
+        else:
+            out[kind] = (earlier(f"master_{kind}.fits")
+                         or (f"backup {backup}" if backup and Path(backup).is_file() else None))
+    for flt in sorted(filters):
+        n = int((counts.get("flat") or {}).get(flt, 0))
+        key = f"flat {flt}"
+        if "flat" in skip:
+            out[key] = "skipped"
+            continue
+        if n >= int(cp.get("min_flat_frames", 3)) and not fb.force_backup_flats:
+            out[key] = f"frames ({n})"
+            continue
+        yaml_path = None
+        if fb.master_flats_file and fb.night:
+            try:
+                yaml_path = master_flat_from_yaml(fb.master_flats_file, flt, parse_night_id(fb.night)[1])
+            except ConfigError:
+                yaml_path = None
+        backup = (fb.backup_flats or {}).get(flt)
+        out[key] = ((f"master_flats.yaml {yaml_path}" if yaml_path is not None and Path(yaml_path).is_file() else None)
+                    or (f"backup {backup}" if backup and Path(backup).is_file() else None)
+                    or (f"frames ({n})" if n >= int(cp.get("min_flat_frames", 3)) else None)
+                    or earlier(f"master_flat_{flt}.fits"))
+    return out
+
+
+def check_calibration_sources(sources, counts, calibration_params, night=""):
+    """Raise one :class:`CalibrationMissing` naming every master with no source and every way out.
+
+    ``sources`` from :func:`calibration_sources`. Nothing happens when each master has a source.
+    """
+    cp = calibration_params or {}
+    missing = [k for k, v in sources.items() if v is None]
+    if not missing:
+        return
+    kinds = sorted({k.split()[0] for k in missing}, key=("bias", "dark", "flat").index)
+    parts = []
+    for key in missing:
+        kind = key.split()[0]
+        n = counts.get(kind, 0) if kind != "flat" else (counts.get("flat") or {}).get(key.split()[1], 0)
+        parts.append(f"{key}: {n} usable frame(s), min_{kind}_frames={cp.get(f'min_{kind}_frames', 3)}")
+    flats = [k.split()[1] for k in missing if k.startswith("flat ")]
+    ways = [f"add the frames to the night's raw folder ({', '.join(kinds)})",
+            f"build an earlier night of the same instrument within fallback_max_days={cp.get('fallback_max_days', 30)}"]
+    backups = [f"backup_master_{k}: <master FITS>" for k in kinds if k != "flat"]
+    if flats:
+        backups.append("backup_master_flats: {" + ", ".join(f"{f}: <master FITS>" for f in flats) + "}")
+        ways.append("list master flats by date in master_flats.yaml")
+    ways.append("set calibration_params " + "; ".join(backups))
+    ways.append(f"or do without them: calibration_params.skip: [{', '.join(kinds)}] "
+                "(bias: constant bias_level_adu or the overscan; dark: none; flat: unit flat)")
+    raise CalibrationMissing(
+        f"night {night}: no source for {len(missing)} master calibration(s): " + "; ".join(parts)
+        + ". Ways out (per night in config/nights/<night>.yaml, or for every night of the instrument "
+        "in its night_settings): " + "; ".join(ways) + ".")
+
+
+def calibration_counts(table):
+    """Accepted calibration frames of a night's inventory: ``{"bias": n, "dark": n, "flat": {F: n}}``,
+    and its science filters."""
+    types = np.asarray(table["type"]).astype(str)
+    ok = np.asarray(table["accepted"], dtype=bool)
+    filters = np.asarray(table["filter"]).astype(str)
+    flats = Counter(filters[(types == "flat") & ok])
+    counts = {"bias": int(((types == "bias") & ok).sum()), "dark": int(((types == "dark") & ok).sum()),
+              "flat": dict(flats)}
+    return counts, sorted(set(filters[(types == "science") & ok]))
+
+
+def check_night_calibrations(inventory_path, calibration_params, fallback, night=""):
+    """Log where each master of the night comes from; raise one :class:`CalibrationMissing` naming
+    every master that has no source and every way out (run by the first master job, master_bias)."""
+    from ..ingest.inventory import read_inventory
+
+    counts, filters = calibration_counts(read_inventory(inventory_path))
+    sources = calibration_sources(counts, calibration_params, fallback, filters)
+    for key, source in sources.items():
+        log.info("%s: %s", key, source or "NO SOURCE")
+    check_calibration_sources(sources, counts, calibration_params, night or (fallback.night if fallback else ""))
+    return sources
+
+
 # --------------------------------------------------------------------------------------------
 # headers
 # --------------------------------------------------------------------------------------------
@@ -488,6 +720,13 @@ def read_noise_from_pairs(frames, clip=5.0):
     return float(np.median(estimates)) if estimates else float("nan")
 
 
+def mad_std(values):
+    """1.4826 x the median absolute deviation: the same numbers as ``astropy.stats.mad_std``,
+    without importing astropy.stats (0.5 s per masters job, issue 22)."""
+    values = np.asanyarray(values)
+    return np.median(np.abs(values - np.median(values))) * MAD_TO_SIGMA  # astropy's order and dtype
+
+
 def _pair_sigma(a, b, clip=5.0):
     diff = np.subtract(a, b, dtype=np.float32)
     diff = diff[np.isfinite(diff)]
@@ -525,6 +764,8 @@ def build_master_bias(paths, out, instrument, clip=5.0, nlimit=0, min_frames=3, 
         ``path``, ``fallback``, ``ncombine``, ``rdnoise_e``, ``rdnoise_adu``, ``level_adu``,
         ``skipped``.
     """
+    if _skipping(fallback, "bias"):
+        return write_skipped_master("bias", out, instrument, fallback.raw_shape)
     paths = [str(p) for p in paths]
     gain = float(instrument["gain_e_per_adu"])
     pair_sigmas = []
@@ -624,6 +865,8 @@ def build_master_dark(paths, bias, out, instrument, clip=5.0, nlimit=0, min_fram
     dict
         ``path``, ``fallback``, ``ncombine``, ``darkcur_e``, ``skipped``.
     """
+    if _skipping(fallback, "dark"):
+        return write_skipped_master("dark", out, instrument, fallback.raw_shape)
     paths = [str(p) for p in paths]
     gain = float(instrument["gain_e_per_adu"])
     shape = calibrated_shape(instrument)
@@ -747,6 +990,8 @@ def build_master_flat(paths_dusk, paths_dawn, bias, dark, out, filter, instrumen
         ``path``, ``fallback``, ``ncombine``, ``sessions`` ({name: n}), ``levels`` ({path: ADU}),
         ``skipped``.
     """
+    if _skipping(fallback, "flat"):
+        return write_skipped_master("flat", out, instrument, fallback.raw_shape, filter_name=filter)
     paths_dusk = [str(p) for p in paths_dusk or []]
     paths_dawn = [str(p) for p in paths_dawn or []]
     shape = calibrated_shape(instrument)
@@ -915,6 +1160,8 @@ def local_flat(flat, box=16):
     yy = np.interp(np.arange(ny), _tile_centres(ny, box), np.arange(ty))
     xx = np.interp(np.arange(nx), _tile_centres(nx, box), np.arange(tx))
     coords = np.meshgrid(yy, xx, indexing="ij")
+    from scipy import ndimage  # here: only the jobs that call this (bad-pixel map) pay for scipy.ndimage
+
     return ndimage.map_coordinates(grid, coords, order=1, mode="nearest").astype(np.float32)
 
 

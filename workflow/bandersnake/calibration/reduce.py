@@ -71,6 +71,7 @@ class Calibration:
     saturation_adu: float
     paths: dict = field(default_factory=dict)
     grow: int = 1
+    skipped: tuple = ()
 
     @property
     def shape(self):
@@ -84,6 +85,7 @@ class Calibration:
         for key, name in (("CALBIAS", "bias"), ("CALDARK", "dark"), ("CALFLAT", "flat"), ("CALBPM", "bpm")):
             cards.append((key, Path(self.paths[name]).name if self.paths.get(name) else "none",
                           f"master {name}"))
+        cards.append(("CALSKIP", ",".join(self.skipped) or "none", "calibrations skipped"))
         return cards
 
 
@@ -117,8 +119,11 @@ def load_calibration(masters, instrument, grow=1):
     bias, bias_hdr = futures["bias"].result()     # problems reported in this order, the bias's first
     shape = bias.shape
     read = {}
+    skipped = ["bias"] if bias_hdr.get("CALSKIP") else []
     for k in names[1:]:
-        read[k], _ = futures[k].result()
+        read[k], hdr = futures[k].result()
+        if hdr.get("CALSKIP"):
+            skipped.append(k)
         if read[k].shape != shape:
             raise FrameError(masters[k], f"shape {read[k].shape} differs from expected {shape}")
     flat = read["flat"]
@@ -149,7 +154,8 @@ def load_calibration(masters, instrument, grow=1):
     return Calibration(bias=clean(bias, 0.0), dark=clean(dark, 0.0), flat=clean(flat, 1.0),
                        static_mask=static, gain=float(instrument["gain_e_per_adu"]), read_noise=rn,
                        saturation_adu=float(instrument["saturation_adu"]),
-                       paths={k: (str(v) if v else None) for k, v in masters.items()}, grow=grow)
+                       paths={k: (str(v) if v else None) for k, v in masters.items()}, grow=grow,
+                       skipped=tuple(k for k in ("bias", "dark", "flat") if k in skipped))
 
 
 def near_bad(bad, grow, bad_index=None):
@@ -315,23 +321,22 @@ def _jd_mid_utc(header, instrument, exptime):
 
     ``astropy.time.Time`` costs ~60 us per frame (as much as the kernel spends on a star);
     ERFA's ``dtf2d``, which it uses for the same conversion (leap seconds included), ~6 us.
-    Any other form of date goes to :func:`bandersnake.timing.jd_mid_utc`.
+    Any other form of date (a zone suffix, local time with ``utc_offset_hours``, a date plus a
+    time keyword, JD/MJD) goes to :func:`bandersnake.ingest.timing.jd_mid_utc`, which picks the
+    same source as the inventory.
     """
     import erfa
 
     key = timing._kw(instrument, "date_obs", "DATE-OBS")
     date = header.get(key)
     m = _ISO_DATE.fullmatch(date.strip()) if isinstance(date, str) else None
-    if m is None:
+    if m is None or instrument.get("utc_offset_hours"):
         return timing.jd_mid_utc(header, instrument, exptime)
     try:
         d1, d2 = erfa.dtf2d("UTC", int(m[1]), int(m[2]), int(m[3]), int(m[4]), int(m[5]), float(m[6]))
     except (ValueError, erfa.ErfaError):
         return timing.jd_mid_utc(header, instrument, exptime)
-    jd = float(d1 + d2)
-    if instrument.get("date_obs_is", "start") != "mid":
-        jd += 0.5 * float(exptime) / 86400.0
-    return jd
+    return float(d1 + d2) + timing._exposure_shift_days(instrument, exptime)
 
 
 def _as_float32(a):
@@ -733,6 +738,9 @@ def calibrated_hdul(frame, sci, err, msk, cal):
     primary.header["RAWFILE"] = (Path(frame.path).name, "raw frame")
     primary.header["RAWPATH"] = str(frame.path)   # long paths continue on CONTINUE cards
     primary.header["OVERSCAN"] = (frame.offset, "[ADU] overscan level subtracted")
+    if frame.jd_mid is not None and math.isfinite(frame.jd_mid):
+        # Read by later stages (KBMOD) instead of re-interpreting the raw time keywords.
+        primary.header["JD_UTC"] = (float(frame.jd_mid), "[d] mid-exposure JD (UTC)")
     for key, value, comment in cal.header_cards():
         primary.header[key] = (value, comment)
     primary.header["BUNIT"] = ("electron", "SCI and ERR in e-")

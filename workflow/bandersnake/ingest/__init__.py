@@ -10,4 +10,5 @@ from .._lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "make_inventory": ".inventory",
     "read_inventory": ".inventory",
+    "draft_instrument": ".draft",
 })

@@ -16,20 +16,16 @@ from pathlib import Path
 
 import numpy as np
 from astropy import units as u
-from astropy.coordinates import EarthLocation, get_sun
 from astropy.table import Table
 from astropy.time import Time
-from astropy.utils import iers
 
 from ..errors import BandersnakeError, FrameError
 from ..fitsio import atomic_path, is_raw_fits_name, read_header, write_text
+from . import timing
 
 log = logging.getLogger(__name__)
 
 FRAME_TYPES = ("bias", "dark", "flat", "science")
-# Offline operation: never try to download IERS tables; the bundled ones suffice for the
-# ~1 s accuracy a dusk/dawn split needs.
-iers.conf.auto_download = False
 
 
 def sanitize_name(name):
@@ -119,12 +115,6 @@ def check_complete(path, header):
         raise FrameError(path, f"truncated file ({size} bytes, header implies {needed})")
 
 
-def _parse_time(value):
-    text = str(value).strip()
-    # MaxIm writes ISO strings; some cameras use a space separator.
-    return Time(text.replace(" ", "T"), format="isot", scale="utc")
-
-
 def frame_record(path, instrument, expected_shape=None):
     """Inventory row for one raw file; problems become ``accepted=False`` with a reason.
 
@@ -144,8 +134,8 @@ def frame_record(path, instrument, expected_shape=None):
     """
     kw = instrument["keywords"]
     row = dict(path=str(path), file=Path(path).name, type="unknown", target="", filter="", exptime=np.nan,
-               date_obs="", jd_mid_utc=np.nan, session="", naxis1=0, naxis2=0, accepted=False, reason="",
-               file_bytes=-1, file_mtime_ns=-1)
+               date_obs="", jd_mid_utc=np.nan, time_source="", time_warning="", session="", naxis1=0, naxis2=0,
+               accepted=False, reason="", file_bytes=-1, file_mtime_ns=-1)
     try:
         # Size and modification time identify the file's content: when a frame is replaced the
         # inventory changes, and with it every job that reads the night's frames through it.
@@ -167,15 +157,15 @@ def frame_record(path, instrument, expected_shape=None):
         if not np.isfinite(exptime) or exptime < 0:
             raise FrameError(path, f"invalid {kw['exptime']}={header[kw['exptime']]!r}")
         row["exptime"] = exptime
-        if kw["date_obs"] not in header:
-            raise FrameError(path, f"missing {kw['date_obs']}")
-        try:
-            t0 = _parse_time(header[kw["date_obs"]])
-        except ValueError:
-            raise FrameError(path, f"unparsable {kw['date_obs']}={header[kw['date_obs']]!r}") from None
-        row["date_obs"] = t0.isot
-        offset = 0.5 * exptime if instrument.get("date_obs_is", "start") == "start" else 0.0
-        row["jd_mid_utc"] = t0.jd + offset / 86400.0
+        found = timing.frame_time(header, instrument, exptime)
+        if found is None:
+            raise FrameError(path, timing.time_problem(header, instrument))
+        row["jd_mid_utc"] = found.jd_mid
+        row["date_obs"] = Time(found.jd_mid - 0.5 * exptime / 86400.0, format="jd", scale="utc").isot
+        row["time_source"] = found.source
+        row["time_warning"] = "; ".join(found.warnings)
+        for warning in found.warnings:     # counted once per night by summarize()
+            log.debug("%s: %s", row["file"], warning)
         shape = (row["naxis2"], row["naxis1"])
         if header.get("NAXIS", 2) != 2 and not str(path).lower().endswith(".fz"):
             raise FrameError(path, f"NAXIS={header.get('NAXIS')} (expected a 2-D image)")
@@ -207,6 +197,13 @@ def sun_sessions(jd_utc, site):
     ok = np.isfinite(jd_utc)
     if not ok.any():
         return out
+    # astropy.coordinates only here: the Snakefile imports this module at every start (issue 22).
+    from astropy.coordinates import get_sun
+    from astropy.utils import iers
+
+    # Offline operation: never try to download IERS tables; the bundled ones suffice for the
+    # ~1 s accuracy a dusk/dawn split needs.
+    iers.conf.auto_download = False
     times = Time(jd_utc[ok], format="jd", scale="utc")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -301,8 +298,36 @@ def summarize(table):
         sel = table["type"] == frame_type
         if sel.any():
             lines.append(f"{frame_type:8s}: {int((sel & table['accepted']).sum())} accepted, {int((sel & ~table['accepted']).sum())} rejected")
+    lines += time_lines(table)
     for row in table[~np.asarray(table["accepted"], dtype=bool)]:
         lines.append(f"rejected {row['file']}: {row['reason']}")
+    return lines
+
+
+def time_lines(table):
+    """Where the accepted frames' times came from and the time warnings, each with its frame count.
+
+    ``times: DATE-OBS (zone -07:00) for 80 frames``; ``time warning (80 frames, e.g. x.fits):
+    MJD-OBS differs from the time used ...``. Inventories written before these columns existed
+    give no line.
+    """
+    if "time_source" not in table.colnames:
+        return []
+    ok = np.asarray(table["accepted"], dtype=bool)
+    lines = []
+    sources = [str(s) for s in np.asarray(table["time_source"])[ok] if str(s)]
+    for source in sorted(set(sources)):
+        lines.append(f"times: {source} for {sources.count(source)} frame(s)")
+    groups = {}
+    for row in table[ok]:
+        for warning in str(row["time_warning"] or "").split("; "):
+            if warning and warning != "--":
+                # Numbers vary frame to frame: group on the text without them.
+                key = re.sub(r"[+-]?\d+(\.\d+)?", "#", warning)
+                groups.setdefault(key, []).append((row["file"], warning))
+    for items in groups.values():
+        file, warning = items[0]
+        lines.append(f"time warning ({len(items)} frame(s), e.g. {file}): {warning}")
     return lines
 
 
@@ -318,7 +343,7 @@ def make_inventory(paths, instrument, out_table, lists_dir, run="1", discard_n_f
         raise BandersnakeError(f"night {night}: no raw frames (.fits, .fits.gz, .fits.fz) were found")
     table = build_inventory(paths, instrument, discard_n_first_science)
     for line in summarize(table):
-        log.info("%s", line)
+        (log.warning if line.startswith("time warning") else log.info)("%s", line)
     with atomic_path(out_table) as tmp:
         table.write(tmp, format="ascii.ecsv", overwrite=True)
     write_lists(table, lists_dir, run)

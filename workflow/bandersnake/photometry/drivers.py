@@ -477,6 +477,7 @@ def centroid_and_photometry_from_reduced(science_paths, reduced_dir, instrument,
         cal.gain = float(first_header.get("GAIN", math.nan))
         cal.read_noise = float(first_header.get("RDNOISE", math.nan))
         cal.saturation_adu = float(first_header.get("SATURATE", math.nan))
+        cal.skipped = tuple(k for k in str(first_header.get("CALSKIP", "none")).split(",") if k and k != "none")
         cal.paths = {k: first_header.get(key) for k, key in
                      (("bias", "CALBIAS"), ("dark", "CALDARK"), ("flat", "CALFLAT"), ("bpm", "CALBPM"))}
     return _finish(runner, st, target, instrument, out_dir, cal, "traditional", t0)

@@ -7,6 +7,7 @@
 * :mod:`.render`   - Moffat stars in stamps, cosmic-ray tracks, one raw frame in ADU.
 * :mod:`.maxim`    - MaxIm DL-style headers, file names and (optionally gzipped) uint16 writes.
 * :mod:`.astep`    - ASTEP-style date folders and frame names.
+* :mod:`.survey`   - reference cells + a coarse frame from one star list (the templates stage).
 """
 
 from .._lazy import lazy_exports
@@ -15,4 +16,5 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "demo_config": ".night",
     "simulate_night": ".night",
     "small_config": ".night",
+    "simulate_pair": ".survey",
 })

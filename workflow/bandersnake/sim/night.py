@@ -192,6 +192,16 @@ class SimConfig:
     tycho_index_dir: str = "/usr/share/astrometry"
     tycho_mag_limit: float = 13.5
     tycho_zeropoint_mag: float = 19.5      # V_T of a star giving 1 e-/s
+    # Header conventions of other cameras (the writer's own are one camera among many):
+    # date_obs_style "utc" (plain ISO UTC), "zone" (local time + "-0700"-style suffix), "zone_colon"
+    # (local + "-07:00"), "z" (UTC + "Z"), "local" (local time, no zone); local = UTC + utc_offset_hours.
+    date_obs_style: str = "utc"
+    utc_offset_hours: float = 0.0
+    write_imagetyp: bool = True         # False: no frame-type keyword (types from file names only)
+    ut_obs: bool = False                # also write UT-OBS = '<UTC stamp>-0000'
+    mjd_obs_decimals: int | None = None  # also write MJD-OBS rounded to this many decimals
+    write_jd: bool = True               # False: no JD keyword
+    adc_bits: int = 16                  # 12: a 12-bit camera (values 0..4095 in 16-bit files)
 
     @property
     def night_date(self):
@@ -271,6 +281,46 @@ def _instrument_value(instrument, key, source="instrument"):
     if key not in instrument:
         raise ConfigError(f"{source}: key '{key}' missing from the instrument description")
     return instrument[key]
+
+
+DATE_OBS_STYLES = ("utc", "zone", "zone_colon", "z", "local")
+
+
+def _zone_suffix(hours, colon=False):
+    sign = "-" if hours < 0 else "+"
+    total = round(abs(hours) * 60)
+    return f"{sign}{total // 60:02d}{':' if colon else ''}{total % 60:02d}"
+
+
+def header_style(h, frame, instrument, cfg):
+    """Rewrite the time and frame-type cards of a raw header in ``cfg``'s conventions.
+
+    The exposure start (UTC) stays the same instant; only how it is written changes: in local
+    time (``utc_offset_hours``) with or without a zone suffix, with ``Z``, plus optional
+    ``UT-OBS`` and rounded ``MJD-OBS`` keywords; without IMAGETYP or JD when asked.
+    """
+    if cfg.date_obs_style not in DATE_OBS_STYLES:
+        raise ConfigError(f"simulate: date_obs_style {cfg.date_obs_style!r} is not one of {', '.join(DATE_OBS_STYLES)}")
+    key = (instrument.get("keywords") or {}).get("date_obs") or "DATE-OBS"
+    jd = float(frame["jd_start"])
+    offset = float(cfg.utc_offset_hours or 0.0)
+    local = _iso(jd + offset / 24.0)
+    text = {"utc": _iso(jd), "z": _iso(jd) + "Z", "local": local,
+            "zone": local + _zone_suffix(offset), "zone_colon": local + _zone_suffix(offset, colon=True)}
+    if cfg.date_obs_style != "utc":
+        where = {"utc": "UTC", "z": "UTC", "local": "local"}.get(cfg.date_obs_style, "local+zone")
+        h[key] = (text[cfg.date_obs_style], f"{where} exposure start")
+    if cfg.ut_obs:
+        h["UT-OBS"] = (_iso(jd) + "-0000", "UTC of exposure start")
+    if cfg.mjd_obs_decimals is not None:
+        # Fixed decimals, as a camera writes them (a Python float would drop trailing zeros).
+        n = int(cfg.mjd_obs_decimals)
+        h.append(fits.Card.fromstring(f"{'MJD-OBS':8s}= {jd - 2400000.5:20.{n}f} / MJD of exposure start (rounded)"))
+    if not cfg.write_jd:
+        h.remove("JD", ignore_missing=True)
+    if not cfg.write_imagetyp:
+        h.remove((instrument.get("keywords") or {}).get("imagetyp") or "IMAGETYP", ignore_missing=True)
+    return h
 
 
 def _iso(jd):
@@ -734,9 +784,9 @@ def render_frame(plan, det, f):
         image *= det.flat
         image += det.dark_e_per_s * np.float32(t)
     cr = _cosmics(plan, f, _rng(cfg.seed, "cosmics", len(_STREAM) * f["index"] + _STREAM[f["kind"]]))
-    data = render.expose(image, rng, det.bias_adu, plan.gain, plan.read_noise_e, cr)
+    data = render.expose(image, rng, det.bias_adu, plan.gain, plan.read_noise_e, cr, adc_max=2 ** plan.cfg.adc_bits - 1)
     extra["mean_adu"] = float(data.mean())
-    extra["n_saturated"] = int(np.count_nonzero(data == render.ADC_MAX))
+    extra["n_saturated"] = int(np.count_nonzero(data == 2 ** plan.cfg.adc_bits - 1))
     return data, star_rows, cr, extra
 
 
@@ -808,7 +858,7 @@ def simulate_night(raw_root, truth_dir, config: SimConfig, instrument: dict, ove
     for f in plan.frames:
         data, rows, cr, extra = render_frame(plan, det, f)
         folder = night_dir / astep.folder(f, cfg.night_date) if cfg.layout == "astep" else night_dir
-        out.write_raw(folder / f["file"], data, out.header(f, instrument, cfg))
+        out.write_raw(folder / f["file"], data, header_style(out.header(f, instrument, cfg), f, instrument, cfg))
         star_rows += rows
         n_cr = 0
         if cr is not None and len(cr[0]):

@@ -116,7 +116,7 @@ def cosmic_rays(shape, rng, n_events, mean_length_px, median_e_per_px):
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(es)
 
 
-def expose(expected_e, rng, bias_adu, gain, read_noise_e, cr=None):
+def expose(expected_e, rng, bias_adu, gain, read_noise_e, cr=None, adc_max=None):
     """Turn an expected-electron image into a raw uint16 frame (ADU).
 
     Parameters
@@ -132,15 +132,17 @@ def expose(expected_e, rng, bias_adu, gain, read_noise_e, cr=None):
         Gaussian read noise (e-).
     cr : tuple of (x, y, electrons), optional
         Cosmic-ray charge added after the photon noise (its own statistics are in the charge).
+    adc_max : int, optional
+        Highest ADC value (4095 for a 12-bit camera); default 65535.
 
     Returns
     -------
     ndarray, uint16
-        Raw frame, clipped to the ADC range 0..65535.
+        Raw frame, clipped to the ADC range 0..adc_max.
     """
     electrons = rng.poisson(np.maximum(expected_e, 0.0)).astype(np.float32)
     if cr is not None and len(cr[0]):
         np.add.at(electrons, (cr[1], cr[0]), cr[2].astype(np.float32))
     noise = rng.standard_normal(electrons.shape, dtype=np.float32)
     adu = bias_adu + (electrons + noise * np.float32(read_noise_e)) / np.float32(gain)
-    return np.clip(np.rint(adu), 0, ADC_MAX).astype(np.uint16)
+    return np.clip(np.rint(adu), 0, ADC_MAX if adc_max is None else adc_max).astype(np.uint16)

@@ -1,0 +1,12 @@
+from bandersnake.logs import log_to
+from bandersnake.templates import write_difference
+
+with log_to(snakemake.log[0]):
+    write_difference(
+        snakemake.input.frame,
+        list(snakemake.input.tiles),
+        snakemake.input.fit,
+        snakemake.output.fits,
+        snakemake.output.png,
+        name=snakemake.wildcards.name,
+    )

@@ -1,0 +1,16 @@
+from bandersnake.logs import log_to
+from bandersnake.templates import write_mapping
+
+cfg = snakemake.params.cfg
+with log_to(snakemake.log[0]):
+    write_mapping(
+        snakemake.input.frame,
+        list(snakemake.input.references),
+        snakemake.input.psf,
+        snakemake.output[0],
+        tile_px=cfg["tile_px"],
+        offsets=cfg["offsets"],
+        band_weights=cfg["band_weights"],
+        mask_suffix=cfg["mask_suffix"],
+        reference_table=cfg["reference_table"],
+    )

@@ -1,0 +1,15 @@
+from bandersnake.logs import log_to
+from bandersnake.templates import parse_tag, write_template
+
+with log_to(snakemake.log[0]):
+    dx, dy = parse_tag(snakemake.wildcards.tag)
+    write_template(
+        snakemake.input.frame,
+        list(snakemake.input.tiles),
+        snakemake.input.fit,
+        dx,
+        dy,
+        snakemake.output.fits,
+        snakemake.output.png,
+        name=snakemake.wildcards.name,
+    )
