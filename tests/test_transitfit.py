@@ -194,8 +194,7 @@ def test_coverage_on_a_sample_of_simulated_nights():
     intervals the number of truths inside the 68 % interval is binomial(12, 0.68), below 5 with
     probability 1.5 %; inside the 95 % interval binomial(12, 0.95), below 9 with 0.2 %. It fails
     today (seeds 1000-1011 in the benchmark: the 95 % intervals hold T0 in 9 and rp_rs_sq in 8 of
-    12), hence xfail until the noise model
-    is fixed; it takes ~2.5 min on a quiet 2-core machine."""
+    12), hence xfail until the noise model is fixed; it takes ~2.5 min on a 2-core machine."""
     import sys
     from pathlib import Path
 
