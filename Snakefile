@@ -24,10 +24,12 @@ include: "rules/common.smk"
 include: "rules/simulate.smk"
 include: "rules/inventory.smk"
 include: "rules/calibration.smk"
+include: "rules/placement.smk"
 include: "rules/photometry.smk"
 include: "rules/calibrated.smk"
 include: "rules/astrometry.smk"
 include: "rules/kbmod.smk"
+include: "rules/stack.smk"
 include: "rules/analysis.smk"
 include: "rules/transit.smk"
 include: "rules/publish.smk"
@@ -47,6 +49,7 @@ rule all:
     input:
         expand(f"{RESULTS}/{{night}}", night=all_nights()),
         PRECISION_SUMMARY,
+        stack_nights_targets,
         all_template_products(),
         # one joint transit fit per target fitted on two nights or more (needs the inventories)
         lambda w: [f"{RESULTS}/targets/{t}/joint_fit.yaml" for t in joint_fit_targets()],

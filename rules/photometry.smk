@@ -26,7 +26,7 @@ rule photometry_streaming:
         unpack(staged_night),
         unpack(masters_for_target),
         inventory=lambda w: inventory_path(w.night),
-        targets=config["targets_file"],
+        targets=targets_for,
     output:
         **STREAMING_OUTPUTS,
     log:
@@ -72,7 +72,7 @@ rule photometry_from_reduced:
     input:
         reduced=work("{night}/{target}/reduced"),
         inventory=lambda w: inventory_path(w.night),
-        targets=config["targets_file"],
+        targets=targets_for,
     output:
         **PHOTOMETRY_OUTPUTS,
     log:

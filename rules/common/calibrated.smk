@@ -2,12 +2,13 @@
 
 
 def wants_calibrated(night):
-    """Calibrated frames are built when enabled, or needed by astrometry / KBMOD."""
+    """Calibrated frames are built when enabled, or needed by astrometry / KBMOD / the stacks."""
     s = night_cfg(night)
     return (
         s["calibrated_frames"]["enabled"]
         or s["astrometry"]["enabled"]
         or s["kbmod"]["enabled"]
+        or s["stack"]["enabled"]
     )
 
 

@@ -124,5 +124,8 @@ def night_products(wildcards):
     products += calibration_products(night)
     for target in photometry_targets(night):
         products += target_products(night, target)
+        if sky_target(night, target):
+            products.append(work(f"{night}/{target}/targets_resolved.yaml"))
     products += calibrated_products(night)
+    products += stack_products(night)
     return products

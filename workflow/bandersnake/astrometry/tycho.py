@@ -147,7 +147,8 @@ def stars_in_cone(ra_deg, dec_deg, radius_deg, index_dir=DEFAULT_INDEX_DIR, scal
     ras, decs, mags = [], [], []
     for f in files:
         s = read_index_stars(f)
-        keep = _unit_vector(s.ra, s.dec) @ centre >= cos_r
+        band = np.nonzero(np.abs(s.dec - dec_deg) <= radius_deg)[0]  # cheap pre-cut before the exact test
+        keep = band[_unit_vector(s.ra[band], s.dec[band]) @ centre >= cos_r]
         ras.append(s.ra[keep]), decs.append(s.dec[keep]), mags.append(s.mag[keep])
     ra, dec, mag = np.concatenate(ras), np.concatenate(decs), np.concatenate(mags)
     # Same star in two files decodes to the same quantised vector: dedupe on a 0.5" grid.

@@ -383,6 +383,8 @@ def solve_night(stage_dir, out_dir, wcs_dir, summary_path, instrument, settings,
             _link_or_copy(f, out_dir / Path(f).name)
         results = [A.SolveResult(path=f, status="disabled", message="astrometry disabled for this night")
                    for f in files]
+    elif settings.get("method", "follow") == "follow":
+        return _solve_night_follow(stage_dir, files, out_dir, wcs_dir, summary_path, instrument, settings, threads)
     else:
         results = _solve_runs(files, wcs_dir, instrument, settings, threads)
         for f, res in zip(files, results):
@@ -395,6 +397,46 @@ def solve_night(stage_dir, out_dir, wcs_dir, summary_path, instrument, settings,
     A.write_astrometry_summary(summary, summary_path)
     log.info("astrometry: %d of %d frames solved, median residual %.3f arcsec", summary.meta["n_solved"],
              summary.meta["n_frames"], summary.meta["median_rms_arcsec"])
+    return summary
+
+
+def _solve_night_follow(stage_dir, files, out_dir, wcs_dir, summary_path, instrument, settings, threads):
+    """:func:`solve_night` with one reference solve-field and every other frame followed.
+
+    Per-frame outcomes go to ``<wcs_dir>/../progress/`` as they are known (a killed job resumes
+    from there); the final frames (WCS, ``ASTROSTA``, ``ASTROFLG`` when the solution disagrees
+    with its neighbours') are written once every frame is known.
+    """
+    from ..astrometry import follow as F
+    from ..astrometry import solve as A
+
+    kw = solve_kwargs(instrument, settings)
+    lo, hi = kw.pop("scale_low"), kw.pop("scale_high")
+    progress_dir = Path(wcs_dir).parent / "progress"
+    t0 = time.perf_counter()
+    results = F.solve_sequence(files, scale_low=lo, scale_high=hi, hints=lambda p: header_hint(p, instrument),
+                               settings=settings, solve_kwargs=kw, progress_dir=progress_dir, threads=threads)
+    t_solve = time.perf_counter() - t0
+
+    def finish(item):
+        f, res = item
+        if res.solved:
+            A.write_wcs(res.wcs, Path(wcs_dir) / (Path(f).name[: -len(".fits")] + ".wcs"), res)
+        _finish_frame(f, out_dir / Path(f).name, res)
+
+    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+        list(pool.map(finish, zip(files, results)))
+    _link_or_copy(stage_dir / CALIBRATED_TABLE, out_dir / CALIBRATED_TABLE)
+    summary = F.summary_table(results)
+    summary["file"] = [Path(p).name for p in summary["file"]]
+    summary.meta.update(enabled=True, method="follow", solve_seconds=round(t_solve, 2),
+                        index_dir=str(settings.get("index_dir", A.DEFAULT_INDEX_DIR)))
+    A.write_astrometry_summary(summary, summary_path)
+    m = summary.meta
+    log.info("astrometry: %d of %d frames solved in %.1f s (%d followed, %d by solve-field, %d flagged), median "
+             "residual %.3f px / %.3f arcsec (catalogue stars %.3f arcsec)", m["n_solved"], m["n_frames"], t_solve,
+             m["n_followed"], m["n_solve_field"], m["n_flagged"], m["median_rms_px"], m["median_rms_arcsec"],
+             m["median_cat_rms_arcsec"])
     return summary
 
 
@@ -486,8 +528,10 @@ def _finish_frame(stage_path, out_path, res):
 
     try:
         if res.solved:
-            A.apply_wcs_to_calibrated(stage_path, res.wcs, res, out_path=out_path)
-            _set_status(out_path, "solved", "")
+            A.apply_wcs_to_calibrated(stage_path, res.wcs, res, out_path=out_path,
+                                      extra={"ASTROSTA": ("solved", "plate solution: solved/unsolved/error")}
+                                      | ({"ASTROFLG": (str(res.flag)[:60], "solution disagrees with neighbours")}
+                                         if getattr(res, "flag", "") else {}))
         else:
             _set_status(stage_path, res.status, res.message, out_path=out_path)
     except FrameError as err:
@@ -613,7 +657,13 @@ def describe_products(paths):
             lines.append(f"astrometry: {m.get('n_solved', 0)} of {m.get('n_frames', len(t))} frames solved "
                          f"({100 * m.get('solved_fraction', 0):.0f} %), median residual "
                          f"{m.get('median_rms_arcsec', math.nan):.2f} arcsec")
+            if "n_followed" in m:
+                lines.append(f"  {m['n_followed']} followed, {m['n_solve_field']} by solve-field, "
+                             f"{m.get('n_flagged', 0)} flagged; catalogue residual "
+                             f"{m.get('median_cat_rms_arcsec', math.nan):.2f} arcsec, {m.get('solve_seconds', 0)} s")
             lines += [f"  {r['status']} {r['file']}: {r['message']}" for r in t if r["status"] != "solved"]
+            if "flag" in t.colnames:
+                lines += [f"  flagged {r['file']}: {r['flag']}" for r in t if str(r["flag"]) not in ("", "--")]
         elif p.is_dir() and (p / KBMOD_TABLE).exists():
             t = read_table(p / KBMOD_TABLE)
             ok = t["status"] == "ok"

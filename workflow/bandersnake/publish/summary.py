@@ -128,6 +128,11 @@ def night_summary(night, products, out, without_positions=()):
     frame_products = describe_products(products)
     if frame_products:
         lines += ["Calibrated frames, astrometry, KBMOD"] + ["  " + s for s in frame_products] + [""]
+    stacks = [p for p in products if str(p).endswith("_stk.fits")]
+    if stacks:
+        from ..stack.measure import describe_stack
+
+        lines += ["Deep stacks"] + ["  " + describe_stack(p) for p in stacks] + [""]
     for target in without_positions:
         lines.append(f"  {target}: no entry in targets.yaml, so no photometry; add its star positions to get it")
     text = "\n".join(lines) + "\n"

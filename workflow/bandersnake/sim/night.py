@@ -192,6 +192,11 @@ class SimConfig:
     tycho_index_dir: str = "/usr/share/astrometry"
     tycho_mag_limit: float = 13.5
     tycho_zeropoint_mag: float = 19.5      # V_T of a star giving 1 e-/s
+    # Fainter stars the index files leave out (real skies hold many): random, fixed on the sky
+    tycho_extra_stars: int = 0
+    tycho_extra_mag: tuple = (12.0, 15.5)
+    # Write each science frame's true TAN WCS into its header (as PinPoint/MaxIm would)
+    header_wcs: bool = False
     # Header conventions of other cameras (the writer's own are one camera among many):
     # date_obs_style "utc" (plain ISO UTC), "zone" (local time + "-0700"-style suffix), "zone_colon"
     # (local + "-07:00"), "z" (UTC + "Z"), "local" (local time, no zone); local = UTC + utc_offset_hours.
@@ -435,6 +440,12 @@ def _tycho_stars(cfg, shape, wcs, ra_deg, dec_deg, dx0, dy0):
     if len(mag) < 2:
         raise ConfigError(f"simulate: only {len(mag)} Tycho-2 stars (V_T <= {cfg.tycho_mag_limit}) in the "
                           f"field at RA {ra_deg:.3f} Dec {dec_deg:.3f}")
+    if cfg.tycho_extra_stars:
+        rng = _rng(cfg.seed, "stars")
+        n_extra = int(cfg.tycho_extra_stars)
+        x = np.r_[x, rng.uniform(-20, nx + 19, n_extra)]
+        y = np.r_[y, rng.uniform(-20, ny + 19, n_extra)]
+        mag = np.r_[mag, rng.uniform(*cfg.tycho_extra_mag, n_extra)]
     order = np.argsort(mag, kind="stable")
     bright = order[: max(2, len(order) // 10)]
     target = bright[np.argmin(np.hypot(x[bright] - 0.5 * (nx - 1), y[bright] - 0.5 * (ny - 1)))]
@@ -671,6 +682,15 @@ def plan_night(cfg, instrument):
                      {"ra_deg": np.asarray(sky_ra), "dec_deg": np.asarray(sky_dec), "ra": ra, "dec": dec})
 
 
+def frame_wcs(plan, i):
+    """True TAN WCS of science frame ``i``: the first frame's with CRPIX moved by the pointing offset."""
+    w = plan.wcs.deepcopy()
+    w.wcs.crpix = [w.wcs.crpix[0] + plan.science["dx"][i] - plan.science["dx"][0],
+                   w.wcs.crpix[1] + plan.science["dy"][i] - plan.science["dy"][0]]
+    w.wcs.set()
+    return w
+
+
 def first_frame_positions(plan):
     """True 0-based (x, y) of the listed stars in the first science frame (``targets.yaml`` order)."""
     n = plan.stars["n_listed"]
@@ -858,7 +878,10 @@ def simulate_night(raw_root, truth_dir, config: SimConfig, instrument: dict, ove
     for f in plan.frames:
         data, rows, cr, extra = render_frame(plan, det, f)
         folder = night_dir / astep.folder(f, cfg.night_date) if cfg.layout == "astep" else night_dir
-        out.write_raw(folder / f["file"], data, header_style(out.header(f, instrument, cfg), f, instrument, cfg))
+        hdr = header_style(out.header(f, instrument, cfg), f, instrument, cfg)
+        if cfg.header_wcs and f["kind"] == "science":
+            hdr.update(frame_wcs(plan, f["index"]).to_header())
+        out.write_raw(folder / f["file"], data, hdr)
         star_rows += rows
         n_cr = 0
         if cr is not None and len(cr[0]):
