@@ -7,6 +7,8 @@ rule transit_fit:
         centroids=work("{night}/{target}/centroiding/centroids.fits"),
         # regressors (sky) are read from the fitted aperture's table
         photometry=ANALYSIS_INPUTS["photometry"],
+        # its FILTER keyword names the band of the limb-darkening table
+        flat=lambda w: masters_for_target(w)["flat"],
     output:
         fit=work("{night}/{target}/transit/transit_fit.yaml"),
         lc=work("{night}/{target}/transit/transit_lc.ecsv"),
@@ -36,7 +38,6 @@ rule transit_fit:
         "../envs/bandersnake.yaml"
     params:
         transit=transit_params,
-        filter=lambda w: target_filter(w.night, w.target),
     script:
         "../workflow/scripts/transit_fit.py"
 

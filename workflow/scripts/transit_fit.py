@@ -7,7 +7,7 @@ with log_to(snakemake.log[0]):
         snakemake.input.centroids,
         outputs=dict(snakemake.output.items()),
         settings=snakemake.params.transit,
-        filter_name=snakemake.params.filter,
+        flat_path=snakemake.input.flat,
         night=snakemake.wildcards.night,
         target=snakemake.wildcards.target,
     )

@@ -29,7 +29,7 @@ def _empty_lc(path, why):
 
 
 def transit_fit_stage(differential_path, centroid_path, outputs, settings, filter_name=None, night="",
-                      target=""):
+                      target="", flat_path=None):
     """Transit fit of one (night, target) (rule ``transit_fit``).
 
     Parameters
@@ -43,6 +43,8 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
         The target's ``analysis_settings.transit`` entry.
     filter_name : str, optional
         The science filter (limb darkening from the table).
+    flat_path : path, optional
+        The target's master flat: its FILTER keyword gives ``filter_name`` when that is not given.
 
     Returns
     -------
@@ -59,6 +61,10 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
 
     s = dict(settings or {})
     aperture = s.pop("aperture", None)
+    if filter_name is None and flat_path is not None:
+        from ..analysis.stages import filter_of_master_flat
+
+        filter_name = filter_of_master_flat(flat_path)
     reason = analysis_failure(differential_path)
     if reason is not None:
         why = failure_text(reason)
