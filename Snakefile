@@ -30,6 +30,7 @@ include: "rules/astrometry.smk"
 include: "rules/kbmod.smk"
 include: "rules/stack.smk"
 include: "rules/analysis.smk"
+include: "rules/transit.smk"
 include: "rules/publish.smk"
 include: "rules/templates.smk"
 
@@ -40,10 +41,13 @@ if STAGING:
 
 
 # Every night (listed in config or discovered under raw_root) published in results/, plus the
-# multi-night precision-versus-brightness plot, and every configured template.
+# multi-night precision-versus-brightness plot, every configured template, and the joint transit
+# fits of results/targets/.
 rule all:
     default_target: True
     input:
         default_products,
         stack_nights_targets,
         all_template_products(),
+        # one joint transit fit per target fitted on two nights or more (needs the inventories)
+        lambda w: [f"{RESULTS}/targets/{t}/joint_fit.yaml" for t in joint_fit_targets()],

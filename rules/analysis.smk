@@ -73,31 +73,6 @@ rule analysis_exports:
         "../workflow/scripts/analysis_exports.py"
 
 
-rule transit_fit:
-    """Quadratic limb-darkened transit fit of the best aperture, for targets whose
-    analysis_settings.transit entry gives an ephemeris (t0, period) or a search window.
-    """
-    input:
-        differential=work("{night}/{target}/photometry/differential.fits"),
-    output:
-        fit=work("{night}/{target}/transit/transit_fit.yaml"),
-        plot=report(
-            work("{night}/{target}/transit/transit_fit.png"),
-            caption="../workflow/report/transit_fit.rst",
-            category="{night}",
-            subcategory="{target}",
-            labels={"night": "{night}", "target": "{target}", "figure": "transit_fit"},
-        ),
-    log:
-        logs("{night}/logs/transit_fit_{target}.log"),
-    conda:
-        "../envs/bandersnake.yaml"
-    params:
-        transit=transit_params,
-    script:
-        "../workflow/scripts/analysis_transit.py"
-
-
 rule precision_vs_brightness:
     """Observed precision against brightness of every target and night built by the default target."""
     input:

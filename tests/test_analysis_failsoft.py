@@ -24,6 +24,7 @@ from bandersnake.analysis.status import analysis_failure
 from bandersnake.batch import night_status
 from bandersnake.errors import AnalysisNotPossible
 from bandersnake.publish.summary import night_summary
+from bandersnake.transitfit import transit_fit_stage
 
 NIGHT, TARGET = "SYNTH_20240101", "T-1"
 
@@ -43,7 +44,8 @@ def _outputs(base):
                       "metrics": phot / "precision_metrics.fits"},
         plots={name: base / "plots" / f"{name}.png" for name in PLOTS},
         exports={"juliet": base / "exports" / "lc.dat", "aavso": base / "exports" / f"{TARGET}_aavso.txt"},
-        transit=(base / "transit" / "transit_fit.yaml", base / "transit" / "transit_fit.png"),
+        transit={k: base / "transit" / f"transit_fit{ext}" for k, ext in
+                 (("fit", ".yaml"), ("plot", ".png"), ("corner", "_corner.png"), ("lc", "_lc.ecsv"))},
     )
 
 
@@ -67,7 +69,8 @@ def _run_stages(night, base):
     d = out["differential"]
     stages.plots_stage(d["differential"], night["centroid_path"], d["metrics"], out["plots"])
     stages.exports_stage(d["differential"], night["centroid_path"], out["exports"], "SYNTH", TARGET, "I")
-    report = stages.transit_stage(d["differential"], *out["transit"], {"window": [2460000.6, 2460000.8]})
+    report = transit_fit_stage(d["differential"], night["centroid_path"], out["transit"],
+                               {"window": [2460000.6, 2460000.8]})
     return result, report, out
 
 
@@ -130,7 +133,7 @@ def test_exports_hold_no_fake_data(off_chip):
 
 
 def test_transit_fit_reports_the_failure(off_chip):
-    fit_yaml, fit_png = off_chip["out"]["transit"]
+    fit_yaml, fit_png = off_chip["out"]["transit"]["fit"], off_chip["out"]["transit"]["plot"]
     report = yaml.safe_load(fit_yaml.read_text())
     assert report["success"] is False and report["analysis_status"] == "FAILED"
     assert report["message"] == f"analysis not possible: {off_chip['result']['reason']}"

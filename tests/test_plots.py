@@ -9,8 +9,9 @@ from matplotlib.image import imread
 from _analysis_synth import make_night
 from bandersnake.analysis.differential import read_differential, run_differential
 from bandersnake.analysis.plots import (
-    PLOTS, bin_series, make_plots, plot_precision_vs_brightness, plot_transit_fit)
-from bandersnake.analysis.transit import fit_transit
+    PLOTS, bin_series, make_plots, plot_precision_vs_brightness)
+from bandersnake.transitfit.fit import fit_night
+from bandersnake.transitfit.plots import plot_corner, plot_night_fit
 
 REPORT = Path(__file__).resolve().parents[1] / "workflow" / "report"
 
@@ -50,12 +51,14 @@ def test_multi_night_and_transit_plots(nights, tmp_path):
     root, n, s = nights[0]
     d = read_differential(s["paths"]["differential"])
     ok = d["frame_ok"]
-    fit = fit_transit(d["BJD_TDB"][ok], d["diff_flux"][ok], d["diff_flux_err"][ok])
-    _assert_png(plot_transit_fit(fit, tmp_path / "fit.png"))
+    fit = fit_night(d["BJD_TDB"][ok], d["diff_flux"][ok], d["diff_flux_err"][ok], {"n_tau": 20, "max_steps": 1500},
+                    ld={"u1": 0.4, "u2": 0.25, "sigma": 0.1})
+    _assert_png(plot_night_fit(fit, tmp_path / "fit.png"))
+    _assert_png(plot_corner(fit["samples"], tmp_path / "corner.png"))
 
 
 def test_every_plot_has_a_caption():
-    for name in (*PLOTS, "precision_vs_brightness", "transit_fit"):
+    for name in (*PLOTS, "precision_vs_brightness", "transit_fit", "transit_fit_corner", "joint_fit"):
         text = (REPORT / f"{name}.rst").read_text()
         assert len(text.split()) > 15, name
 

@@ -89,7 +89,8 @@ def test_every_report_image_decodes(report, tmp_path):
     assert result["app_children"] > 0  # the report app rendered
     night, target = report["night"], report["target"]
     expected = {f"work/{night}/{target}/plots/{p}.png" for p in PLOTS}
-    expected |= {f"work/{night}/{target}/transit/transit_fit.png", SUMMARY_PLOT}
+    expected |= {f"work/{night}/{target}/transit/transit_fit.png", f"work/{night}/{target}/transit/transit_fit_corner.png",
+                 SUMMARY_PLOT}
     assert set(result["images"]) == expected
     for path, img in result["images"].items():
         assert img["ok"], path

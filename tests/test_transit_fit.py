@@ -1,4 +1,6 @@
-"""Transit model (quadratic limb darkening) and fit: accuracy, honesty of errors, pipeline recovery."""
+"""The project's own transit model (quadratic limb darkening) and its quick least-squares fit (used by
+tests as a depth check); the workflow's transit fit (batman, emcee) is tested in test_transitfit.py,
+here through its stage on a simulated night's products."""
 
 import math
 
@@ -8,8 +10,8 @@ import yaml
 
 from _analysis_synth import make_night
 from bandersnake.analysis.differential import run_differential
-from bandersnake.analysis.transit import (
-    fit_transit, occulted_flux, overlap_area, run_transit_fit, separation, transit_model)
+from bandersnake.analysis.transit import fit_transit, occulted_flux, overlap_area, separation, transit_model
+from bandersnake.transitfit import transit_fit_stage
 
 
 def brute_force_flux(z, p, u1, u2, n=3000):
@@ -81,35 +83,50 @@ def test_uncertainties_are_honest():
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     root = tmp_path_factory.mktemp("tfit")
-    # A single realisation lands within 1 sigma with ~68 % probability; this seed is one of them
-    # (seed 21, for instance, is at -1.2 sigma). Honesty of sigma is what the coverage tests check.
     n = make_night(root, seed=25, radii=(4, 5, 6))
     s = run_differential(n["phot_paths"], n["centroid_path"], n["instrument"], out_dir=root / "photometry")
     return n, s, root
 
 
-def test_pipeline_recovers_injected_transit(fitted):
+def _outputs(root, name):
+    return {k: root / name / f"transit_fit{ext}" for k, ext in
+            (("fit", ".yaml"), ("plot", ".png"), ("corner", "_corner.png"), ("lc", "_lc.ecsv"))}
+
+
+@pytest.mark.slow
+def test_stage_recovers_injected_transit(fitted):
+    """The workflow's fit (transitfit stage) on a simulated night's products: (Rp/R*)^2, T0 and the
+    deepest flux drop hold the injected values within their 95 % intervals (a 1-in-20 miss each for
+    honest intervals; seed fixed; the coverage benchmark measures the rates)."""
     n, s, root = fitted
     tr = n["truth"]
-    report = run_transit_fit(s["paths"]["differential"], root / "transit_fit.yaml",
-                             {"window": [tr["t0"] - 0.04, tr["t0"] + 0.04]})
-    true_depth = 1 - occulted_flux([tr["b"]], tr["rp_rs"], tr["u1"], tr["u2"])[0]
-    # the issue's requirement: depth within 1 sigma of truth (1 sigma verified honest above)
-    assert abs(report["depth_model"] - true_depth) < report["depth_model_err"]
-    assert abs(report["t0"] - tr["t0"]) < 2 * report["t0_err"]
-    assert abs(report["duration"] - tr["t14"]) < 2 * report["duration_err"]
-    on_disk = yaml.safe_load((root / "transit_fit.yaml").read_text())
+    out = _outputs(root, "free")
+    report = transit_fit_stage(s["paths"]["differential"], n["centroid_path"], out,
+                               {"window": [tr["t0"] - 0.04, tr["t0"] + 0.04], "u1": tr["u1"], "u2": tr["u2"],
+                                "detrend": ["airmass"]}, filter_name="I")
+    assert report["success"], report["message"]
+    true_drop = 1 - occulted_flux([tr["b"]], tr["rp_rs"], tr["u1"], tr["u2"])[0]
+    for key, truth in (("rp_rs_sq", tr["rp_rs"] ** 2), ("t0", tr["t0"]), ("max_flux_drop", true_drop)):
+        assert report[key]["p2.5"] <= truth <= report[key]["p97.5"], (key, report[key], truth)
+    on_disk = yaml.safe_load(out["fit"].read_text())
     assert on_disk["aperture"] == s["best_aperture"]
-    assert on_disk["depth_model"] == pytest.approx(report["depth_model"])
+    assert on_disk["rp_rs_sq"]["median"] == pytest.approx(report["rp_rs_sq"]["median"])
+    assert set(on_disk["baseline"]) == {"c0", "c1", "k_airmass"}
+    assert on_disk["priors"]["limb_darkening"]["source"].startswith("user values")
+    for key in ("plot", "corner", "lc"):
+        assert out[key].stat().st_size > 1000, key
 
 
-def test_fit_with_known_geometry_recovers_radius_ratio(fitted):
+@pytest.mark.slow
+def test_stage_with_known_geometry(fitted):
+    """Period, impact parameter and limb darkening fixed at the truth: (Rp/R*)^2 within its 95 %."""
     n, s, root = fitted
     tr = n["truth"]
-    report = run_transit_fit(s["paths"]["differential"], root / "fit_b.yaml",
-                             {"t0": tr["t0"] - 0.003, "period": 3.0, "b": tr["b"], "duration": 0.09})
-    assert report["b_fixed"]
-    assert abs(report["depth"] - tr["rp_rs"] ** 2) < 2 * report["depth_err"]
+    report = transit_fit_stage(s["paths"]["differential"], n["centroid_path"], _outputs(root, "fixed"),
+                               {"t0": tr["t0"] - 0.003, "period": 3.0, "b": tr["b"], "duration": 0.09,
+                                "u1": tr["u1"], "u2": tr["u2"], "ld_sigma": 0.0})
+    assert report["b"]["fixed"] and report["u1"]["fixed"]
+    assert report["rp_rs_sq"]["p2.5"] <= tr["rp_rs"] ** 2 <= report["rp_rs_sq"]["p97.5"]
 
 
 def test_search_without_ephemeris_finds_the_dip():
@@ -123,22 +140,3 @@ def test_search_without_ephemeris_finds_the_dip():
 def test_too_few_points_is_a_clear_error():
     with pytest.raises(ValueError, match="too few for a transit fit"):
         fit_transit(np.arange(5.0), np.ones(5), np.full(5, 1e-3))
-
-
-def test_pipeline_depth_coverage(tmp_path):
-    """Synthetic nights through the whole analysis: depth pulls are unbiased and ~68 % within 1 sigma."""
-    pulls = []
-    for seed in range(40, 52):
-        n = make_night(tmp_path / str(seed), seed=seed, radii=(5,))
-        s = run_differential(n["phot_paths"], n["centroid_path"], n["instrument"],
-                             out_dir=tmp_path / str(seed) / "photometry")
-        tr = n["truth"]
-        true_depth = 1 - occulted_flux([tr["b"]], tr["rp_rs"], tr["u1"], tr["u2"])[0]
-        report = run_transit_fit(s["paths"]["differential"], tmp_path / str(seed) / "fit.yaml")
-        pulls.append((report["depth_model"] - true_depth) / report["depth_model_err"])
-    pulls = np.array(pulls)
-    # 12 nights: the 1-sigma fraction is binomial(12, 0.68) -> >= 0.4 at ~2.3 sigma; the mean pull
-    # has a standard error of 0.29, so |mean| < 0.8 is a ~2.7-sigma bound on a bias
-    assert np.mean(np.abs(pulls) < 1) >= 0.4, pulls
-    assert np.mean(np.abs(pulls) < 2) >= 0.75, pulls
-    assert abs(np.mean(pulls)) < 0.8, pulls

@@ -5,10 +5,9 @@
 Star positions: tests/data/targets_xo1b.yaml; transit-fit settings: tests/data/nights_xo1b/.
 Figures of the reference run (best aperture 6 px, ensemble of 8 comparisons; 7 px is within 0.2 % in
 precision and gives the same picture): mean flux after BJD 2460828.72 is 0.96 % below the mean
-before 2460828.69; 10-min rolling precision 4.2 ppt per frame; transit fit (window, b = 0.2 and limb
-darkening fixed) T0 = 2460828.7228 +- 0.0051, T14 = 2.35 h, so ingress starts at BJD 2460828.674
-(before the first frame, 2460828.679) and ends near 2460828.69; fitted depth 2.7 +- 2.4 % (published
-2.3 %), poorly constrained without a baseline before ingress or after egress.
+before 2460828.69; 10-min rolling precision 4.2 ppt per frame. Transit fit (batman + emcee, period
+and stellar density as priors, b free, z-band limb darkening from the table): see BENCHMARKS.md,
+issue 19; (Rp/R*)^2 is poorly constrained without a baseline before ingress or after egress.
 """
 
 from pathlib import Path
@@ -85,11 +84,20 @@ def test_precision(xo1):
 
 
 def test_transit_fit_places_ingress(xo1):
+    """The MCMC fit with the period and stellar density as priors (tests/data/nights_xo1b): the
+    ingress starts before or at the first frame (2460828.678) and the flat bottom is reached by
+    ~2460828.69, so T0 - T14/2 lies in the first half hour; T0 in the published range's
+    neighbourhood; (Rp/R*)^2 consistent with the published 0.0174 (Rp/R* = 0.132, Torres et al.
+    2008) within its 95 % interval, which is wide: the night has no baseline after egress.
+    Figures of the reference run: see the issue 19 notes (BENCHMARKS.md)."""
     fit = yaml.safe_load((xo1["base"] / "transit" / "transit_fit.yaml").read_text())
     assert fit["success"], fit["message"]
-    ingress_start = fit["t0"] - fit["duration"] / 2
-    # Ingress starts before or at the first frame (2460828.678) and the flat bottom is reached
-    # by ~2460828.69: the start must lie within the first half hour of the night's window.
-    assert 2460828.665 < ingress_start < 2460828.70, ingress_start
-    assert 2460828.70 < fit["t0"] < 2460828.80
-    assert fit["depth_model"] > 0.008
+    # reference run: T0 2460828.72558 +0.00621 -0.00407, T14 3.12 h, rp_rs_sq 42.0 +26.6 -20.3 ppt
+    # (95 %: 11.2-96.1 ppt), b 0.29 +0.20 -0.19, beta 1.97; first contact at 2460828.6605
+    ingress_start = fit["t0"]["median"] - fit["t14"]["median"] / 2
+    assert 2460828.64 < ingress_start < 2460828.70, ingress_start
+    assert 2460828.70 < fit["t0"]["median"] < 2460828.80
+    assert fit["t0"]["p97.5"] > 2460828.73          # reaches the published range (0.73-0.79)
+    assert fit["rp_rs_sq"]["p2.5"] <= 0.0174 <= fit["rp_rs_sq"]["p97.5"]
+    assert fit["max_flux_drop"]["median"] > 0.008
+    assert fit["chain"]["converged"]

@@ -38,6 +38,8 @@ def analysis_products(night, target):
         products += [
             work(f"{base}/transit/transit_fit.yaml"),
             work(f"{base}/transit/transit_fit.png"),
+            work(f"{base}/transit/transit_fit_corner.png"),
+            work(f"{base}/transit/transit_lc.ecsv"),
         ]
     return products
 

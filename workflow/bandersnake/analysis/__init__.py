@@ -6,7 +6,10 @@ Entry points (one per product; the Snakemake rules call these):
   ``differential_summary.txt``
 * :func:`make_plots` -> the diagnostic PNGs; :func:`plot_precision_vs_brightness` for several nights
 * :func:`write_exports` -> juliet ``lc.dat`` and an AAVSO Extended Format file
-* :func:`run_transit_fit` / :func:`fit_transit` -> transit depth, mid-time and duration
+
+The transit fits live in :mod:`bandersnake.transitfit` (rules/transit.smk); :mod:`.transit` keeps
+the project's own Mandel & Agol model as a cross-check of batman in the tests, with a quick
+least-squares fit the tests use (:func:`fit_transit`).
 
 When the data make the analysis impossible, :func:`run_differential` raises
 :class:`~bandersnake.errors.AnalysisNotPossible`; the stages then publish every product marked
@@ -23,12 +26,10 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "read_differential": ".differential",
     "make_plots": ".plots",
     "plot_precision_vs_brightness": ".plots",
-    "plot_transit_fit": ".plots",
     "write_exports": ".exports",
     "write_juliet": ".exports",
     "write_aavso": ".exports",
     "fit_transit": ".transit",
-    "run_transit_fit": ".transit",
     "read_precision_metrics": ".precision",
     "MissingProductError": ".io",
     "ProductError": ".io",
@@ -39,5 +40,4 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "filter_of_master_flat": ".stages",
     "plots_stage": ".stages",
     "precision_summary_stage": ".stages",
-    "transit_stage": ".stages",
 })

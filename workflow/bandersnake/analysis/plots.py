@@ -287,33 +287,6 @@ def plot_precision_vs_brightness(metrics_paths, out_png, labels=None):
     return _save(fig, out_png)
 
 
-def plot_transit_fit(fit, out_png, bin_min=10.0):
-    """Detrended light curve, binned points and the fitted transit model with residuals."""
-    t, y, model, tr = fit["t"], fit["flux"], fit["model"], fit["transit_only"]
-    base = model / tr
-    t0 = _t0(t)
-    fig, axes = _figure(2, 1, size=(9, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax, axr = axes[0, 0], axes[1, 0]
-    det = y / base
-    ax.plot(t - t0, det, ".", ms=2, color="0.6")
-    tb, yb, eb = bin_series(t, det, bin_min)
-    ax.errorbar(tb - t0, yb, eb, fmt="o", ms=3, color="k")
-    ax.plot(t - t0, tr, "-", color="tab:red",
-            label=f"depth {1e3 * fit['depth_model']:.2f}±{1e3 * fit['depth_model_err']:.2f} ppt "
-                  f"((Rp/R*)^2 {1e3 * fit['depth']:.2f}±{1e3 * fit['depth_err']:.2f}), "
-                  f"T0 {fit['t0']:.5f}±{fit['t0_err']:.5f}, T14 {24 * fit['duration']:.2f}±{24 * fit['duration_err']:.2f} h")
-    ax.set_ylabel("detrended flux")
-    ax.legend(fontsize=8)
-    ax.set_title("Transit fit")
-    axr.plot(t - t0, y - model, ".", ms=2, color="0.6")
-    tb, rb, eb = bin_series(t, y - model, bin_min)
-    axr.errorbar(tb - t0, rb, eb, fmt="o", ms=3, color="k")
-    axr.axhline(0, color="tab:red", lw=1)
-    axr.set_ylabel("residual")
-    axr.set_xlabel(f"BJD_TDB - {t0:.1f} (d)")
-    return _save(fig, out_png)
-
-
 def plot_transit_note(t, flux, out_png, note, bin_min=10.0):
     """Light curve with binned points and a note, for a transit fit that could not run."""
     t, flux = np.asarray(t, float), np.asarray(flux, float)

@@ -8,7 +8,6 @@ uses, so changing, say, the transit ephemeris re-runs the transit fit and nothin
 
 Bad input is contained: fewer than two usable comparisons gives a target-only light curve, an
 all-NaN aperture is skipped with a note (both in :func:`~.differential.run_differential`), a
-transit fit that cannot run writes a result saying why instead of failing the night, and a
 missing product names the rule that makes it (:class:`~.io.MissingProductError`).
 
 Data that make the whole analysis impossible (:class:`~bandersnake.errors.AnalysisNotPossible`:
@@ -29,14 +28,12 @@ from astropy.io import fits
 
 from ..errors import AnalysisNotPossible
 from ..ingest.inventory import sanitize_name
-from .differential import DEFAULT_SETTINGS, read_differential, run_differential
+from .differential import DEFAULT_SETTINGS, run_differential
 from .exports import write_exports
 from .io import MissingProductError, ProductError
-from .plots import PLOTS, make_not_possible_plots, make_plots, plot_not_possible, plot_precision_vs_brightness, \
-    plot_transit_note
+from .plots import PLOTS, make_not_possible_plots, make_plots, plot_precision_vs_brightness
 from .status import STATUS_FAILED, STATUS_OK, analysis_failure, failure_text, write_failed_differential, \
     write_failed_exports
-from .transit import run_transit_fit
 
 log = logging.getLogger("bandersnake.analysis")
 
@@ -289,48 +286,6 @@ def exports_stage(differential_path, centroid_path, outputs, instrument_name, ta
     _same_paths([outputs["juliet"], outputs["aavso"]], [written["juliet"], written["aavso"]], out_dir)
     log.info("exported %d frames to %s and %s", written["n_frames"], written["juliet"], written["aavso"])
     return written
-
-
-def transit_stage(differential_path, out_yaml, out_png, settings):
-    """Transit fit of the best (or configured) aperture (rule ``transit_fit``).
-
-    A fit that cannot run (too few points, no dip in the window) does not stop the night: the YAML
-    says ``success: false`` with the reason and the PNG shows the light curve with that note. After
-    a failed analysis the YAML says ``success: false``, ``analysis_status: FAILED`` and
-    ``analysis not possible: <reason>``, and the PNG states it.
-
-    Returns
-    -------
-    dict
-        The YAML report.
-    """
-    import yaml
-
-    from ..fitsio import write_text
-
-    s = dict(settings or {})
-    aperture = s.pop("aperture", None)
-    reason = analysis_failure(differential_path)
-    if reason is not None:
-        why = failure_text(reason)
-        log.warning("%s: %s; no transit fit", differential_path, why)
-        report = {"success": False, "analysis_status": STATUS_FAILED, "message": why, "aperture": None,
-                  "settings": {k: v for k, v in s.items()}}
-        plot_not_possible(out_png, reason, "Transit fit")
-        write_text(yaml.safe_dump(report, sort_keys=False), out_yaml)
-        return report
-    try:
-        return run_transit_fit(differential_path, out_yaml, s, aperture=aperture, plot_path=out_png)
-    except ValueError as err:
-        table = read_differential(differential_path, aperture)
-        ok = table["frame_ok"].astype(bool)
-        why = f"transit fit not possible: {err}"
-        log.warning("%s: %s", differential_path, why)
-        report = {"success": False, "message": why, "aperture": float(table["_header"]["APERRAD"]),
-                  "settings": {k: v for k, v in s.items()}}
-        plot_transit_note(table["BJD_TDB"][ok], table["diff_flux"][ok], out_png, why)
-        write_text(yaml.safe_dump(report, sort_keys=False), out_yaml)
-        return report
 
 
 def precision_summary_stage(metrics_paths, out_png, labels=None):

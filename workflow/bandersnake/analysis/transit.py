@@ -1,4 +1,9 @@
-"""Transit check: a quadratic limb-darkened transit model and a least-squares fit.
+"""The project's own Mandel-Agol transit model and a quick least-squares fit, for the tests.
+
+The workflow fits transits with :mod:`bandersnake.transitfit` (batman model, emcee posteriors).
+This module stays as an independent implementation: tests/test_transitfit.py checks batman
+against :mod:`bandersnake.sim.transit` and tests/test_transit_models_agree.py this model against
+that one, and tests use :func:`fit_transit` as a fast depth check of light curves.
 
 Model: Mandel & Agol (2002) flux of a star with the quadratic law
 ``I(mu) = 1 - u1 (1 - mu) - u2 (1 - mu)^2`` occulted by an opaque disc of radius ``p`` (stellar
@@ -327,56 +332,3 @@ def _num_grad(f, x, h):
         xm[i] -= h[i]
         g[i] = (f(xp) - f(xm)) / (2 * h[i])
     return g
-
-
-def run_transit_fit(differential_path, out_path, settings=None, aperture=None, plot_path=None):
-    """Fit the transit of the best (or given) aperture of ``differential.fits`` and write a YAML report.
-
-    Parameters
-    ----------
-    differential_path : path
-    out_path : path
-        YAML file with the fitted values (d for times; depth as fraction).
-    settings : dict, optional
-        ``period``, ``t0``, ``window`` ([t_lo, t_hi]), ``duration`` (d), ``b``, ``b_max``, ``u1``,
-        ``u2``, ``baseline_order``, ``detrend_airmass`` (bool).
-    aperture : float, optional
-        Radius (px); default the best aperture.
-    plot_path : path, optional
-        PNG of data, binned data and model.
-
-    Returns
-    -------
-    dict
-        The fit (without arrays) plus ``aperture``.
-    """
-    import yaml
-
-    from ..fitsio import write_text
-    from .differential import read_differential
-
-    s = dict(settings or {})
-    table = read_differential(differential_path, aperture)
-    ok = table["frame_ok"].astype(bool)
-    fit = fit_transit(
-        table["BJD_TDB"][ok], table["diff_flux"][ok], table["diff_flux_err"][ok],
-        period=s.get("period"), t0=s.get("t0"), window=s.get("window"), duration=s.get("duration"),
-        b=s.get("b"), b_max=s.get("b_max", 0.9), u1=s.get("u1", 0.4), u2=s.get("u2", 0.25),
-        baseline_order=int(s.get("baseline_order", 1)),
-        airmass=table["airmass"][ok] if s.get("detrend_airmass") else None)
-    fit["aperture"] = float(table["_header"]["APERRAD"])
-    if plot_path is not None:
-        from .plots import plot_transit_fit
-        plot_transit_fit(fit, plot_path)
-    report = {k: _plain(v) for k, v in fit.items() if not isinstance(v, np.ndarray)}
-    report["units"] = "t0, duration: BJD_TDB days; depth = (Rp/R*)^2; depth_model = max fractional flux loss"
-    write_text(yaml.safe_dump(report, sort_keys=False), out_path)
-    return report
-
-
-def _plain(v):
-    if isinstance(v, (np.floating, np.integer, np.bool_)):
-        return v.item()
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v

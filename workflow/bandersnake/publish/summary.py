@@ -78,18 +78,19 @@ def describe_analysis(differential_path):
 
 
 def describe_transit(path):
-    """One line on a target's transit fit (``transit_fit.yaml``)."""
+    """One line on a target's transit fit (``transit_fit.yaml``): rp_rs_sq and max_flux_drop apart."""
     import yaml
 
     target = Path(path).parent.parent.name
     fit = yaml.safe_load(Path(path).read_text()) or {}
-    if fit.get("success"):
-        return (f"{target}: transit fit: depth {1e3 * fit['depth_model']:.2f} +- {1e3 * fit['depth_model_err']:.2f} "
-                f"ppt, T0 {fit['t0']:.5f} +- {fit['t0_err']:.5f} BJD_TDB")
+    if fit.get("success") and isinstance(fit.get("rp_rs_sq"), dict):
+        k2, drop, t0 = fit["rp_rs_sq"], fit["max_flux_drop"], fit["t0"]
+        return (f"{target}: transit fit: rp_rs_sq (Rp/R*)^2 {1e3 * k2['median']:.2f} +{1e3 * k2['plus']:.2f} "
+                f"-{1e3 * k2['minus']:.2f} ppt, max_flux_drop {1e3 * drop['median']:.2f} ppt, T0 {t0['median']:.5f} "
+                f"+{t0['plus']:.5f} -{t0['minus']:.5f} BJD_TDB (posterior median, 16/84 %)")
     if fit.get("analysis_status") == "FAILED":
         return f"{target}: transit fit not done (no light curve: analysis not possible)"
-    state = "did not converge" if "depth_model" in fit else "not done"
-    return f"{target}: transit fit {state} ({fit.get('message', 'no message')})"
+    return f"{target}: transit fit not done ({fit.get('message', 'no message')})"
 
 
 def night_summary(night, products, out, without_positions=()):

@@ -1,0 +1,132 @@
+"""Coverage of the transit fit's intervals on simulated light curves (issue 19).
+
+Each case draws a transit (P 1.5-6 d, stellar density 0.8-2 g/cm^3, Rp/R* 0.07-0.15, b 0-0.9,
+limb darkening of a 5000-6500 K star in z with the truth 0.05 off the table per coefficient), an
+observing window of 2.5-5 h that starts between half a duration after first contact (a partial
+transit: no ingress) and an hour before it (so some windows also miss the egress), 60-s frames
+(50-s exposures), a baseline slope, white noise of 1-3 ppt and red noise (Ornstein-Uhlenbeck,
+5-30 min, 0-0.4 of the white level). The fit gets what an observer has: the period, a predicted
+T0 off by ~10 min, a duration guess off by ~10 %, a stellar density measured to 10 %, the table's
+limb darkening (prior width 0.1). It reports, for T0 and rp_rs_sq, the fraction of cases whose
+truth lies in the 68 % (16-84) and 95 % (2.5-97.5) intervals.
+
+    PYTHONPATH=workflow python benchmarks/bench_transit_coverage.py --cases 200 --jobs 2
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+from multiprocessing import Pool
+
+import numpy as np
+
+from bandersnake.sim.lightcurve import simulate_transit_lc
+from bandersnake.transitfit.fit import fit_night
+from bandersnake.transitfit.limbdark import table_coefficients
+from bandersnake.transitfit.model import a_rs_from_density, duration_from_orbit
+
+
+def draw_case(seed, b=None, red=True):
+    """Truth, light curve and fit settings of one simulated night."""
+    rng = np.random.default_rng(seed)
+    period = rng.uniform(1.5, 6.0)
+    rho = rng.uniform(0.8, 2.0)
+    a_rs = a_rs_from_density(rho, period)
+    k = rng.uniform(0.07, 0.15)
+    b = rng.uniform(0.0, 0.9) if b is None else b
+    teff = rng.uniform(5000, 6500)
+    u1c, u2c, _ = table_coefficients("z", teff)
+    u1, u2 = u1c + 0.05 * rng.standard_normal(), u2c + 0.05 * rng.standard_normal()
+    t14 = duration_from_orbit(period, k, b, a_rs)
+    t0 = 2460000.0 + rng.uniform(0.3, 0.7)
+    start = t0 - t14 / 2 - rng.uniform(-0.5 * t14, 1 / 24)
+    length = rng.uniform(2.5, 5.0) / 24
+    t = np.arange(start, start + length, 60 / 86400)
+    sw = rng.uniform(1e-3, 3e-3)
+    sr = rng.uniform(0.0, 0.4) * sw if red else 0.0
+    tau = rng.uniform(5, 30) / 1440
+    flux, _ = simulate_transit_lc(t, t0, period, k, a_rs, b, u1, u2, exptime_s=50.0, sigma_white=sw,
+                                  sigma_red=sr, tau_red_d=tau, slope=rng.normal(0, 0.01), rng=rng)
+    rho_obs = rho * (1 + 0.1 * rng.standard_normal())
+    settings = dict(t0=t0 + rng.normal(0, 10 / 1440), period=period, duration=t14 * (1 + 0.1 * rng.standard_normal()),
+                    window=[t0 - 0.1, t0 + 0.1], stellar_density=rho_obs, stellar_density_err=0.1 * rho_obs,
+                    baseline_order=1, seed=seed)
+    settings["window"] = [settings["t0"] - 1.5 / 24, settings["t0"] + 1.5 / 24]
+    truth = dict(t0=t0, rp_rs_sq=k * k, b=b, t14=t14, partial=bool(start > t0 - t14 / 2 or start + length < t0 + t14 / 2),
+                 sigma_white=sw, sigma_red=sr)
+    ld = dict(u1=u1c, u2=u2c, sigma=0.1)
+    return t, flux, np.full(len(t), sw), settings, ld, truth
+
+
+def run_case(seed, b=None, red=True):
+    t, flux, err, settings, ld, truth = draw_case(seed, b, red)
+    t1 = time.process_time()
+    res = fit_night(t, flux, err, settings, exptime_s=50.0, ld=ld)
+    cpu = time.process_time() - t1
+    out = dict(seed=seed, cpu_s=cpu, converged=res["chain"]["converged"], steps=res["chain"]["n_steps"],
+               beta=res["noise"]["beta"], **{f"true_{k}": v for k, v in truth.items()})
+    for name in ("t0", "rp_rs_sq"):
+        s = res["t0"] if name == "t0" else res["parameters"][name]
+        v = truth[name]
+        out[f"{name}_in68"] = bool(s["p16"] <= v <= s["p84"])
+        out[f"{name}_in95"] = bool(s["p2.5"] <= v <= s["p97.5"])
+        out[f"{name}_pull"] = (s["median"] - v) / (0.5 * (s["p84"] - s["p16"]))
+        out[f"{name}_err"] = 0.5 * (s["p84"] - s["p16"])
+    return out
+
+
+def report(rows):
+    n = len(rows)
+    print(f"cases: {n} ({sum(r['true_partial'] for r in rows)} partial transits, "
+          f"{sum(r['true_sigma_red'] > 0 for r in rows)} with red noise); "
+          f"chains converged: {sum(r['converged'] for r in rows)}/{n}")
+    cpu = np.array([r["cpu_s"] for r in rows])
+    print(f"CPU per fit: median {np.median(cpu):.1f} s, 90th percentile {np.percentile(cpu, 90):.1f} s; "
+          f"median beta {np.median([r['beta'] for r in rows]):.2f}")
+    for name in ("t0", "rp_rs_sq"):
+        for level, target, tol in ((68, 0.68, 0.05), (95, 0.95, 0.03)):
+            frac = np.mean([r[f"{name}_in{level}"] for r in rows])
+            se = math.sqrt(target * (1 - target) / n)
+            ok = "PASS" if abs(frac - target) <= tol else "FAIL"
+            print(f"{name:9s} truth in {level} % interval: {100 * frac:5.1f} % (target {100 * target:.0f} +- "
+                  f"{100 * tol:.0f}; binomial s.e. {100 * se:.1f}) {ok}")
+        pulls = np.array([r[f"{name}_pull"] for r in rows])
+        print(f"{name:9s} pulls: mean {np.mean(pulls):+.2f}, std {np.std(pulls):.2f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cases", type=int, default=200)
+    ap.add_argument("--first-seed", type=int, default=1000)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--b", type=float, default=None, help="fix the true impact parameter (e.g. 0)")
+    ap.add_argument("--json", default=None, help="write the per-case rows here (one JSON object per line, as they end)")
+    ap.add_argument("--report", default=None, help="only summarise the rows of an earlier --json file")
+    args = ap.parse_args(argv)
+    if args.report:
+        with open(args.report) as fh:
+            report([json.loads(line) for line in fh if line.strip()])
+        return 0
+    seeds = range(args.first_seed, args.first_seed + args.cases)
+    t1 = time.time()
+    rows = []
+    out = open(args.json, "a") if args.json else None
+    with Pool(args.jobs) as pool:
+        for row in pool.imap_unordered(_run, [(s, args.b) for s in seeds]):
+            rows.append(row)
+            if out:
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+    print(f"wall time {time.time() - t1:.0f} s with {args.jobs} processes")
+    report(rows)
+    return 0
+
+
+def _run(args):
+    return run_case(*args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

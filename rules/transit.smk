@@ -1,0 +1,69 @@
+rule transit_fit:
+    """Transit fit of the best aperture (batman model, emcee posterior, red noise by beta), for
+    targets whose analysis_settings.transit entry gives an ephemeris (t0, period) or a window.
+    """
+    input:
+        differential=work("{night}/{target}/photometry/differential.fits"),
+        centroids=work("{night}/{target}/centroiding/centroids.fits"),
+        # regressors (sky) are read from the fitted aperture's table
+        photometry=ANALYSIS_INPUTS["photometry"],
+        # its FILTER keyword names the band of the limb-darkening table
+        flat=lambda w: masters_for_target(w)["flat"],
+    output:
+        fit=work("{night}/{target}/transit/transit_fit.yaml"),
+        lc=work("{night}/{target}/transit/transit_lc.ecsv"),
+        plot=report(
+            work("{night}/{target}/transit/transit_fit.png"),
+            caption="../workflow/report/transit_fit.rst",
+            category="{night}",
+            subcategory="{target}",
+            labels={"night": "{night}", "target": "{target}", "figure": "transit_fit"},
+        ),
+        corner=report(
+            work("{night}/{target}/transit/transit_fit_corner.png"),
+            caption="../workflow/report/transit_fit_corner.rst",
+            category="{night}",
+            subcategory="{target}",
+            labels={
+                "night": "{night}",
+                "target": "{target}",
+                "figure": "transit_corner",
+            },
+        ),
+    log:
+        logs("{night}/logs/transit_fit_{target}.log"),
+    benchmark:
+        bench("{night}/benchmarks/transit_fit_{target}.tsv")
+    conda:
+        "../envs/bandersnake.yaml"
+    params:
+        transit=transit_params,
+    script:
+        "../workflow/scripts/transit_fit.py"
+
+
+rule joint_fit:
+    """Joint transit fit of every night of a target: shared radius ratio, impact parameter,
+    stellar density and limb darkening, a mid-time per night, an updated linear ephemeris.
+    """
+    input:
+        unpack(joint_fit_inputs),
+    output:
+        fit=f"{RESULTS}/targets/{{target}}/joint_fit.yaml",
+        plot=report(
+            f"{RESULTS}/targets/{{target}}/joint_fit.png",
+            caption="../workflow/report/joint_fit.rst",
+            category="Targets",
+            subcategory="{target}",
+            labels={"target": "{target}", "figure": "joint_fit"},
+        ),
+    log:
+        logs("targets/logs/joint_fit_{target}.log"),
+    benchmark:
+        bench("targets/benchmarks/joint_fit_{target}.tsv")
+    conda:
+        "../envs/bandersnake.yaml"
+    params:
+        joint=joint_fit_params,
+    script:
+        "../workflow/scripts/joint_fit.py"

@@ -1,0 +1,246 @@
+"""Transit fit of one night or several nights together: best fit, noise, MCMC, summary.
+
+:func:`fit_transits` is the engine (arrays in, a result dict out); :func:`fit_night` fits one
+night, :mod:`.joint` several. Times are BJD_TDB days; depths are fractions of the stellar flux.
+
+Quantities reported (medians and percentiles of the posterior, see :func:`~.sampler.summarize`):
+``t0`` (per night), ``rp_rs_sq`` = (Rp/R*)^2 (the transit depth people quote and compare),
+``rp_rs``, ``b``, ``t14`` (d), ``a_rs``, ``inc_deg`` and ``stellar_density`` (g/cm^3, with a
+period), ``u1``, ``u2``, ``max_flux_drop`` (the deepest fractional loss of light of the model,
+limb darkening included: not the depth), the baseline and detrending coefficients, plus the noise
+(white scale, beta, rms) and the chain (steps, walkers, autocorrelation times).
+"""
+
+import logging
+import math
+
+import numpy as np
+
+from .model import TransitModel, ingress_duration, stellar_density
+from .posterior import RP_RS_SQ_MAX, T14_MIN_D, NightData, Posterior, design_matrix
+from .sampler import best_fit, run_mcmc, set_noise, summarize
+
+log = logging.getLogger("bandersnake.transitfit")
+
+DEFAULTS = dict(b_max=None, baseline_order=1, detrend=[], supersample_s=None, n_tau=40, max_steps=20000,
+                seed=0, ld_sigma=None)
+
+
+def box_search(t, y, w, t0_range, durations):
+    """Best (t0, t14, depth) of a box-shaped dip by weighted least squares on a grid (start values)."""
+    best = (-np.inf, None, None, 0.0)
+    step = max(np.median(np.diff(np.sort(t))) * 2, 2 / 1440)
+    grid = np.arange(t0_range[0], t0_range[1] + step, step)
+    for d in durations:
+        for t0 in grid:
+            inside = np.abs(t - t0) < d / 2
+            if inside.sum() < 3 or (~inside).sum() < 3:
+                continue
+            depth = np.average(y[~inside], weights=w[~inside]) - np.average(y[inside], weights=w[inside])
+            snr = depth * math.sqrt(w[inside].sum())
+            if snr > best[0]:
+                best = (snr, t0, d, depth)
+    return best[1], best[2], best[3]
+
+
+def prepare_night(name, t, flux, err, settings, regressors=None, exptime_s=None):
+    """A :class:`NightData` and start values (t0, t14, depth) for one night.
+
+    Parameters
+    ----------
+    name : str
+    t, flux, err : ndarray
+        BJD_TDB (d), relative flux, error.
+    settings : dict
+        ``t0``, ``period``, ``window``, ``duration``, ``baseline_order``, ``supersample_s`` (longest
+        sub-exposure of the exposure integration, s; None: tau/15 of the expected ingress).
+    regressors : dict of ndarray, optional
+        Detrending regressors (already scaled), same length as ``t``.
+    exptime_s : float, optional
+        Exposure time (s) for the integration of the model.
+    """
+    s = {**DEFAULTS, **(settings or {})}
+    t, flux, err = (np.asarray(a, float) for a in (t, flux, err))
+    regs = {k: np.asarray(v, float) for k, v in (regressors or {}).items()}
+    ok = np.isfinite(t) & np.isfinite(flux) & np.isfinite(err) & (err > 0)
+    for v in regs.values():
+        ok &= np.isfinite(v)
+    t, flux, err = t[ok], flux[ok], err[ok]
+    regs = {k: v[ok] for k, v in regs.items()}
+    n_lin = 1 + int(s["baseline_order"]) + len(regs)
+    if len(t) < n_lin + 8:
+        raise ValueError(f"{name}: only {len(t)} usable points: too few for a transit fit with {n_lin} baseline terms")
+    period, t0 = s.get("period"), s.get("t0")
+    tmid = float(np.mean(t))
+    if t0 is not None and period:
+        t0 = t0 + period * round((tmid - t0) / period)
+    duration = s.get("duration")
+    window = s.get("window")
+    if window is None:
+        half = (duration if duration is not None else 3 / 24) / 2
+        if t0 is not None:
+            window = (t0 - half, t0 + half)
+        else:
+            window = (t.min() - 0.25 * np.ptp(t), t.max() + 0.25 * np.ptp(t))
+    window = (float(min(window)), float(max(window)))
+    w = 1 / err**2
+    if t0 is None or duration is None:
+        durations = [duration] if duration is not None else np.concatenate(
+            [[10 / 1440, 20 / 1440], np.arange(0.5, 5.01, 0.25) / 24])
+        bt0, bdur, depth = box_search(t, flux, w, (t0, t0) if t0 is not None else window, durations)
+        if bt0 is None:
+            raise ValueError(f"{name}: no transit-like dip found in the search window (too few frames in or out "
+                             "of every trial box; give a duration)")
+        t0 = bt0 if t0 is None else t0
+        duration = bdur if duration is None else duration
+    else:
+        inside = np.abs(t - t0) < duration / 4
+        depth = np.median(flux[~inside]) - np.median(flux[inside]) if inside.sum() > 2 and (~inside).sum() > 2 else 0.01
+    t0 = float(np.clip(t0, *window))
+    design, lin_names = design_matrix(t, int(s["baseline_order"]), regs)
+    step = s["supersample_s"]
+    if step is None:   # tau/15 of the shortest ingress the start values allow (see .model)
+        step = ingress_duration(duration, math.sqrt(min(max(depth, 2e-4), 0.2))) * 86400 / 15
+    model = TransitModel(t, period, exptime_s, step)
+    night = NightData(name, t, flux, err, design, lin_names, model, window, tref=round(tmid, 3))
+    night.info["exptime_s"] = exptime_s
+    night.info["supersample"] = model.factor
+    return night, {"t0": t0, "t14": float(duration), "depth": float(min(max(depth, 2e-4), 0.2))}
+
+
+def start_vectors(post, starts):
+    """Starting vectors over a few impact parameters and durations for the best-fit search."""
+    t0s = [st["t0"] for st in starts]
+    depth = float(np.median([st["depth"] for st in starts]))
+    t14 = float(np.median([st["t14"] for st in starts]))
+    vecs = []
+    bs = [None] if post.b_fixed is not None else [0.1, 0.45, 0.75]
+    for b in bs:
+        for f in (1.0,):
+            k2 = min(depth * 1.2, RP_RS_SQ_MAX * 0.9)
+            vecs.append(post.pack(t0s, k2, b, float(np.clip(t14 * f, T14_MIN_D * 1.1, 0.45))))
+    return vecs
+
+
+def derived(post, samples):
+    """Arrays of every reported quantity from the posterior samples (thinned chain)."""
+    out = {name: [] for name in ("rp_rs_sq", "rp_rs", "b", "t14", "u1", "u2", "a_rs", "inc_deg",
+                                 "stellar_density", "max_flux_drop")}
+    t0s = [[] for _ in post.nights]
+    zero = TransitModel(np.zeros(1), post.period)
+    for x in samples:
+        par = post.unpack(x)
+        for i, t0 in enumerate(par["t0"]):
+            t0s[i].append(t0)
+        k = math.sqrt(par["rp_rs_sq"])
+        a_rs, inc, t14, per = post.orbit(par)
+        out["rp_rs_sq"].append(par["rp_rs_sq"])
+        out["rp_rs"].append(k)
+        out["b"].append(par["b"])
+        out["t14"].append(t14)
+        out["u1"].append(par["u1"])
+        out["u2"].append(par["u2"])
+        out["a_rs"].append(a_rs if post.period else np.nan)
+        out["inc_deg"].append(inc if post.period else np.nan)
+        out["stellar_density"].append(stellar_density(a_rs, post.period) if post.period else np.nan)
+        # deepest point: mid-transit, no exposure smearing
+        m = zero.flux_orbit(0.0, k, a_rs, inc, par["u1"], par["u2"], per)
+        out["max_flux_drop"].append(1.0 - float(m[0]))
+    return {k: np.array(v) for k, v in out.items()}, [np.array(v) for v in t0s]
+
+
+UNITS = {"t0": "d (BJD_TDB)", "rp_rs_sq": "(Rp/R*)^2, fraction of the stellar flux", "rp_rs": "Rp/R*",
+         "b": "R*", "t14": "d", "u1": "", "u2": "", "a_rs": "R*", "inc_deg": "deg", "stellar_density": "g/cm^3",
+         "max_flux_drop": "fraction of the out-of-transit flux"}
+
+
+def fit_transits(nights, starts, settings, ld):
+    """Fit one or several prepared nights with shared shape and per-night mid-times.
+
+    Parameters
+    ----------
+    nights : list of NightData
+    starts : list of dict
+        Start values per night (:func:`prepare_night`).
+    settings : dict
+        ``period``, ``b``, ``b_max``, ``stellar_density``, ``stellar_density_err``, ``n_tau``,
+        ``max_steps``, ``seed``.
+    ld : dict
+        Limb-darkening prior (:func:`~.limbdark.limb_darkening_prior`).
+
+    Returns
+    -------
+    dict
+        ``parameters`` (summaries), ``t0`` (list of summaries, per night), ``samples`` (dict of
+        arrays), ``chain``, ``noise``, ``baseline``, ``best`` (per night: t, flux, err, model,
+        transit, baseline arrays at the posterior median), ``names``.
+    """
+    s = {**DEFAULTS, **(settings or {})}
+    density = None
+    if s.get("stellar_density") is not None:
+        density = (float(s["stellar_density"]), float(s.get("stellar_density_err") or 0.1 * s["stellar_density"]))
+        if not s.get("period"):
+            log.warning("stellar_density given without a period: the density prior is not used")
+    post = Posterior(nights, period=s.get("period"), b_fixed=s.get("b"), b_max=s.get("b_max"), ld=ld,
+                     density=density)
+    x_best, _ = best_fit(post, start_vectors(post, starts))
+    set_noise(post, x_best)
+    chain = run_mcmc(post, x_best, seed=int(s["seed"]), n_tau=float(s["n_tau"]), max_steps=int(s["max_steps"]))
+    samples = chain.pop("samples")
+    log_prob = chain.pop("log_prob")
+    values, t0s = derived(post, samples)
+    params = {k: summarize(v, UNITS[k]) for k, v in values.items()
+              if not (k in ("a_rs", "inc_deg", "stellar_density") and not post.period)}
+    if post.b_fixed is not None:
+        params["b"] = {"median": float(post.b_fixed), "fixed": True, "unit": "R*"}
+    if not post.fit_ld:
+        params["u1"] = {"median": ld["u1"], "fixed": True, "unit": ""}
+        params["u2"] = {"median": ld["u2"], "fixed": True, "unit": ""}
+    # b and rp_rs_sq live on bounded ranges: a posterior against b = 0 is reported by its
+    # percentiles (p16 = 0.0x means "consistent with a central transit"), with a 95 % upper limit.
+    if post.b_fixed is None:
+        params["b"]["upper_95"] = float(np.percentile(values["b"], 95))
+    t0_summ = [summarize(v, UNITS["t0"]) for v in t0s]
+    # Baseline coefficients: conditional Gaussian draws for a subset of the samples.
+    rng = np.random.default_rng(int(s["seed"]) + 1)
+    pick = rng.choice(len(samples), size=min(len(samples), 1000), replace=False)
+    baseline = []
+    for i, night in enumerate(nights):
+        draws = []
+        for j in pick:
+            _, _, c, cov = post.best_baseline(post.unpack(samples[j]), i)
+            draws.append(rng.multivariate_normal(c, cov))
+        draws = np.array(draws)
+        baseline.append({name: summarize(draws[:, m], "relative flux per unit regressor")
+                         for m, name in enumerate(night.lin_names)})
+    # Median-parameter model for plots and residual statistics.
+    med = samples[np.argmax(log_prob)] if len(samples) else x_best
+    par_med = post.unpack(np.median(samples, axis=0) if len(samples) else x_best)
+    best = []
+    for i, night in enumerate(nights):
+        tr, base, _, _ = post.best_baseline(par_med, i)
+        best.append({"t": night.t, "flux": night.flux, "err": night.err * night.noise_factor, "transit": tr,
+                     "baseline": base, "model": tr * base})
+    noise = [{"white_scale": n.info["white_scale"], "beta": n.info["beta"], "rms": n.info["rms"],
+              "n_points": int(len(n.t)), "supersample": n.info.get("supersample", 1),
+              "exptime_s": n.info.get("exptime_s")} for n in nights]
+    chain["max_log_prob_vector"] = [float(v) for v in med]
+    return {"parameters": params, "t0": t0_summ, "samples": {**values, "t0": t0s}, "chain": chain,
+            "noise": noise, "baseline": baseline, "best": best, "names": post.names, "density_prior": density,
+            "ld": ld, "period": s.get("period")}
+
+
+def fit_night(t, flux, err, settings=None, regressors=None, exptime_s=None, ld=None, name="night"):
+    """Fit one night's transit (see :func:`fit_transits`); ``result['t0']`` is that night's summary."""
+    from .limbdark import limb_darkening_prior
+
+    s = {**DEFAULTS, **(settings or {})}
+    night, start = prepare_night(name, t, flux, err, s, regressors, exptime_s)
+    res = fit_transits([night], [start], s, ld or limb_darkening_prior(s))
+    res["t0"] = res["t0"][0]
+    res["samples"]["t0"] = res["samples"]["t0"][0]
+    res["noise"] = res["noise"][0]
+    res["baseline"] = res["baseline"][0]
+    res["best"] = res["best"][0]
+    res["window"] = list(night.window)
+    return res

@@ -1,0 +1,343 @@
+"""Posterior of a transit model given one or several nights' light curves.
+
+Parameters sampled (days for times):
+
+* ``t0`` per night (mid-transit, BJD_TDB; stored as an offset from the night's reference time),
+* shared by all nights: ``rp_rs_sq`` = (Rp/R*)^2, ``b`` (unless fixed), the orbit's size, and
+  ``u1``, ``u2`` (unless their prior width is 0). With a period the size is the mean stellar
+  density ``rho_star`` (g/cm^3), which with P gives a/R* (Kepler's law), as juliet does; without a
+  period it is the total duration ``t14`` of a straight chord.
+
+Priors: t0 uniform in the night's window; rp_rs_sq uniform in (0, 0.25]; b uniform in [0, b_max)
+with b_max = 1 + Rp/R* by default (the natural bound: any b with a transit); rho_star Gaussian
+when the config gives ``stellar_density`` (and its error), else uniform in ln rho_star over
+0.01-100 g/cm^3; t14 (no period) uniform in [5 min, 0.5 d]; u1, u2 Gaussian (:mod:`.limbdark`)
+inside the physical region (u1 >= 0, u1 + u2 <= 1, u1 + 2 u2 >= 0; Kipping 2013). Sampling the
+density rather than T14 matters: a uniform prior on T14 under a density constraint is not uniform
+in b, and pulled b (and so T0 of a partial transit) low in the coverage benchmark.
+
+Baseline and detrending: each night's flux is ``transit(t) * (X c)``, X the columns 1, dt, dt^2 ...
+(``baseline_order``) and the detrending regressors (airmass, sky, position, width, scaled to
+[-1, 1] as in the juliet export). The coefficients c enter linearly, so they are marginalised
+analytically under a flat prior (the Gaussian integral: best c for the given transit, plus
+-1/2 ln det of its Fisher matrix); their posterior is drawn afterwards, for each kept sample, from
+the conditional Gaussian. This leaves only the transit parameters to the sampler.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import NO_PERIOD_D as NO_PERIOD, TransitModel, a_rs_from_density, orbit_from_duration, stellar_density
+
+T14_MIN_D = 5.0 / 1440.0
+T14_MAX_D = 0.5
+RP_RS_SQ_MAX = 0.25
+RHO_RANGE = (0.01, 100.0)     # g/cm^3: from giants to late M dwarfs
+
+
+@dataclass
+class NightData:
+    """One night's light curve prepared for the fit.
+
+    Attributes
+    ----------
+    name : str
+        Night id.
+    t, flux, err : ndarray
+        BJD_TDB (d), relative flux, 1-sigma error.
+    design : ndarray
+        (N, n_lin) linear baseline columns.
+    lin_names : list of str
+        Names of the design columns.
+    model : TransitModel
+    window : (float, float)
+        Allowed mid-times (BJD_TDB, d).
+    tref : float
+        Reference time of the night (d): t0 is sampled as t0 - tref.
+    noise_factor : float
+        err multiplier (white scale * beta), set after the best fit.
+    """
+
+    name: str
+    t: np.ndarray
+    flux: np.ndarray
+    err: np.ndarray
+    design: np.ndarray
+    lin_names: list
+    model: TransitModel
+    window: tuple
+    tref: float
+    noise_factor: float = 1.0
+    info: dict = field(default_factory=dict)
+
+
+def design_matrix(t, order=1, regressors=None):
+    """Baseline columns: 1, dt, ..., dt^order (dt in d from the mean time) then the regressors.
+
+    Returns
+    -------
+    (ndarray, list of str)
+    """
+    t = np.asarray(t, float)
+    dt = t - t.mean()
+    span = max(np.ptp(dt), 1e-6)
+    cols, names = [np.ones_like(t)], ["c0"]
+    for i in range(1, order + 1):
+        cols.append((dt / span) ** i)       # scaled to order unity: a well-conditioned Fisher matrix
+        names.append(f"c{i}")
+    for name, values in (regressors or {}).items():
+        cols.append(np.asarray(values, float))
+        names.append(f"k_{name}")
+    return np.column_stack(cols), names
+
+
+class Posterior:
+    """Log-posterior of shared transit parameters and per-night mid-times (callable for emcee).
+
+    Parameters
+    ----------
+    nights : list of NightData
+    period : float or None
+        Period (d) of the circular orbit (None: straight chord; no density prior possible).
+    b_fixed : float or None
+    b_max : float or None
+        Upper bound of b; None: 1 + Rp/R*.
+    ld : dict
+        ``u1``, ``u2``, ``sigma`` (0: fixed).
+    density : (float, float) or None
+        Mean stellar density and its 1-sigma (g/cm^3).
+    """
+
+    def __init__(self, nights, period=None, b_fixed=None, b_max=None, ld=None, density=None):
+        self.nights = list(nights)
+        self.period = period
+        self.b_fixed = b_fixed
+        self.b_max = b_max
+        self.ld = dict(ld or {"u1": 0.4, "u2": 0.25, "sigma": 0.1})
+        self.fit_ld = self.ld["sigma"] > 0
+        self.density = density if (density and period) else None
+        t0_names = ["t0"] if len(self.nights) == 1 else [f"t0_{n.name}" for n in self.nights]
+        self.size = "rho_star" if period else "t14"
+        self.names = t0_names + ["rp_rs_sq"] + ([] if b_fixed is not None else ["b"]) + [self.size]
+        self.names += ["u1", "u2"] if self.fit_ld else []
+        self.n_nights = len(self.nights)
+
+    # ------------------------------------------------------------------ vector <-> parameters
+    def unpack(self, theta):
+        """Dict of physical parameters; ``t0`` is a list of absolute mid-times (BJD_TDB, d)."""
+        n = self.n_nights
+        par = dict(zip(self.names[n:], theta[n:]))
+        par["t0"] = [night.tref + dt for night, dt in zip(self.nights, theta[:n])]
+        par.setdefault("b", self.b_fixed)
+        par.setdefault("u1", self.ld["u1"])
+        par.setdefault("u2", self.ld["u2"])
+        return par
+
+    def pack(self, t0, rp_rs_sq, b, t14, u1=None, u2=None):
+        """Vector from physical values (t0: list, one per night, absolute BJD_TDB; t14 in d)."""
+        vec = [t - n.tref for t, n in zip(t0, self.nights)] + [rp_rs_sq]
+        vec += [] if self.b_fixed is not None else [b]
+        if self.size == "rho_star":
+            bb = self.b_fixed if self.b_fixed is not None else b
+            a_rs, _ = orbit_from_duration(self.period, math.sqrt(rp_rs_sq), bb, t14)
+            vec += [stellar_density(a_rs, self.period) if math.isfinite(a_rs) else 1.0]
+        else:
+            vec += [t14]
+        vec += [self.ld["u1"] if u1 is None else u1, self.ld["u2"] if u2 is None else u2] if self.fit_ld else []
+        return np.array(vec, float)
+
+    def orbit(self, par):
+        """(a/R*, inclination in deg, T14 in d, period) of ``par``; NaNs when no transit is possible."""
+        k, b = math.sqrt(max(par["rp_rs_sq"], 0.0)), par["b"]
+        if self.size == "rho_star":
+            rho = par["rho_star"]
+            if not rho > 0:
+                return math.nan, math.nan, math.nan, self.period
+            a_rs = a_rs_from_density(rho, self.period)
+            if a_rs <= 1.0 or b >= a_rs:
+                return math.nan, math.nan, math.nan, self.period
+            inc = math.degrees(math.acos(b / a_rs))
+            arg = math.sqrt(max((1 + k) ** 2 - b * b, 0.0)) / (a_rs * math.sin(math.radians(inc)))
+            return a_rs, inc, self.period / math.pi * math.asin(min(arg, 1.0)), self.period
+        a_rs, inc = orbit_from_duration(NO_PERIOD, k, b, par["t14"])
+        return a_rs, inc, par["t14"], NO_PERIOD
+
+    # ------------------------------------------------------------------ prior
+    def log_prior(self, theta):
+        par = self.unpack(theta)
+        k2, b, u1, u2 = par["rp_rs_sq"], par["b"], par["u1"], par["u2"]
+        if not 0.0 < k2 <= RP_RS_SQ_MAX:
+            return -np.inf
+        for t0, night in zip(par["t0"], self.nights):
+            if not night.window[0] <= t0 <= night.window[1]:
+                return -np.inf
+        k = math.sqrt(k2)
+        b_hi = (1.0 + k) if self.b_max is None else min(self.b_max, 1.0 + k)
+        if self.b_fixed is None and not 0.0 <= b < b_hi:
+            return -np.inf
+        lp = 0.0
+        if self.b_fixed is None and self.b_max is None:
+            # uniform in [0, 1 + k): the normalisation depends on k; without it the prior would
+            # favour large k by giving it more room in b
+            lp -= math.log(1.0 + k)
+        if self.size == "rho_star":
+            rho = par["rho_star"]
+            if self.density is not None:
+                if rho <= 0:
+                    return -np.inf
+                lp -= 0.5 * ((rho - self.density[0]) / self.density[1]) ** 2
+            elif not RHO_RANGE[0] <= rho <= RHO_RANGE[1]:
+                return -np.inf
+            else:
+                lp -= math.log(rho)
+        elif not T14_MIN_D <= par["t14"] <= T14_MAX_D:
+            return -np.inf
+        if self.fit_ld:
+            if u1 < 0 or u1 + u2 > 1 or u1 + 2 * u2 < 0:
+                return -np.inf
+            s = self.ld["sigma"]
+            lp -= 0.5 * (((u1 - self.ld["u1"]) / s) ** 2 + ((u2 - self.ld["u2"]) / s) ** 2)
+        return lp
+
+    # ------------------------------------------------------------------ likelihood
+    def transit(self, par, i):
+        """Transit-only flux of night ``i``."""
+        a_rs, inc, _, per = self.orbit(par)
+        if not math.isfinite(a_rs):
+            return np.full(self.nights[i].t.shape, np.nan)
+        return self.nights[i].model.flux_orbit(par["t0"][i], math.sqrt(par["rp_rs_sq"]), a_rs, inc,
+                                               par["u1"], par["u2"], per)
+
+    @staticmethod
+    def _products(night):
+        """Per-night sums that make the linear solve two matrix-vector products per call.
+
+        With weights w = 1/(err * noise_factor) and the transit tr, the Fisher matrix of the
+        coefficients is F_ij = sum tr^2 w^2 X_i X_j and the normal vector g_i = sum tr w^2 X_i y:
+        both are fixed matrices times tr^2 and tr.
+        """
+        key = night.noise_factor
+        cache = night.info.get("_products")
+        if cache is None or cache[0] != key:
+            w2 = 1.0 / (night.err * night.noise_factor) ** 2
+            x = night.design
+            n = x.shape[1]
+            quad = (x[:, :, None] * x[:, None, :]).reshape(len(x), n * n).T * w2
+            lin = (x * (w2 * night.flux)[:, None]).T
+            cache = (key, quad, lin, float(np.sum(w2 * night.flux**2)), n)
+            night.info["_products"] = cache
+        return cache[1:]
+
+    def linear_solve(self, night, tr):
+        """Best linear coefficients, their Fisher matrix, chi^2 and ln det of the Fisher matrix."""
+        quad, lin, yy, n = self._products(night)
+        fisher = (quad @ (tr * tr)).reshape(n, n)
+        g = lin @ tr
+        sign, logdet = np.linalg.slogdet(fisher)
+        if sign <= 0:
+            return None
+        c = np.linalg.solve(fisher, g)
+        return c, fisher, max(yy - float(g @ c), 0.0), float(logdet)
+
+    def log_like(self, par):
+        total = 0.0
+        for i, night in enumerate(self.nights):
+            tr = self.transit(par, i)
+            if not np.all(np.isfinite(tr)):
+                return -np.inf
+            sol = self.linear_solve(night, tr)
+            if sol is None:
+                return -np.inf
+            _, _, chi2, logdet = sol
+            total += -0.5 * chi2 - 0.5 * logdet - len(night.t) * math.log(night.noise_factor)
+        return total
+
+    def __call__(self, theta):
+        lp = self.log_prior(theta)
+        if not np.isfinite(lp):
+            return -np.inf
+        ll = self.log_like(self.unpack(theta))
+        return lp + ll if np.isfinite(ll) else -np.inf
+
+    # ------------------------------------------------------------------ after the fit
+    def best_baseline(self, par, i):
+        """(transit, baseline, coefficients, covariance) of night ``i`` at ``par``."""
+        night = self.nights[i]
+        tr = self.transit(par, i)
+        c, fisher, _, _ = self.linear_solve(night, tr)
+        return tr, night.design @ c, c, np.linalg.inv(fisher)
+
+    # ------------------------------------------------------------------ vectorised, for emcee
+    def batch(self, thetas):
+        """Log-posterior of many vectors at once (emcee's ``vectorize=True``).
+
+        The prior, the orbit and the linear solve run as array operations over the walkers; only
+        batman is called once per walker and night. Equal to :meth:`__call__` row by row (tested).
+        """
+        x = np.atleast_2d(np.asarray(thetas, float))
+        w = len(x)
+        col = {name: x[:, i] for i, name in enumerate(self.names)}
+        n = self.n_nights
+        k2 = col["rp_rs_sq"]
+        ok = (k2 > 0) & (k2 <= RP_RS_SQ_MAX)
+        for i, night in enumerate(self.nights):
+            t0 = night.tref + x[:, i]
+            ok &= (t0 >= night.window[0]) & (t0 <= night.window[1])
+        k = np.sqrt(np.clip(k2, 0, None))
+        b = col["b"] if "b" in col else np.full(w, float(self.b_fixed))
+        lp = np.zeros(w)
+        if self.b_fixed is None:
+            b_hi = 1.0 + k if self.b_max is None else np.minimum(self.b_max, 1.0 + k)
+            ok &= (b >= 0) & (b < b_hi)
+            if self.b_max is None:
+                lp -= np.log1p(k)
+        u1 = col.get("u1", np.full(w, self.ld["u1"]))
+        u2 = col.get("u2", np.full(w, self.ld["u2"]))
+        if self.fit_ld:
+            ok &= (u1 >= 0) & (u1 + u2 <= 1) & (u1 + 2 * u2 >= 0)
+            s = self.ld["sigma"]
+            lp -= 0.5 * (((u1 - self.ld["u1"]) / s) ** 2 + ((u2 - self.ld["u2"]) / s) ** 2)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self.size == "rho_star":
+                rho = col["rho_star"]
+                if self.density is not None:
+                    ok &= rho > 0
+                    lp -= 0.5 * ((rho - self.density[0]) / self.density[1]) ** 2
+                else:
+                    ok &= (rho >= RHO_RANGE[0]) & (rho <= RHO_RANGE[1])
+                    lp -= np.log(np.where(rho > 0, rho, 1.0))
+                a_rs = a_rs_from_density(np.where(rho > 0, rho, 1.0), self.period)
+                per = self.period
+            else:
+                t14 = col["t14"]
+                ok &= (t14 >= T14_MIN_D) & (t14 <= T14_MAX_D)
+                chord2 = (1.0 + k) ** 2 - b * b
+                sn = np.sin(np.pi * t14 / NO_PERIOD)
+                a_rs = np.sqrt(np.where(chord2 > 0, chord2, np.nan) / sn**2 + b * b)
+                per = NO_PERIOD
+            ok &= np.isfinite(a_rs) & (a_rs > 1.0) & (b < a_rs)
+            inc = np.degrees(np.arccos(np.clip(b / a_rs, -1, 1)))
+        out = np.full(w, -np.inf)
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            return out
+        ll = np.zeros(len(idx))
+        for i, night in enumerate(self.nights):
+            tr = np.empty((len(idx), len(night.t)))
+            for j, m in enumerate(idx):
+                tr[j] = night.model.flux_orbit(night.tref + x[m, i], k[m], a_rs[m], inc[m], u1[m], u2[m], per)
+            quad, lin, yy, nl = self._products(night)
+            fisher = (tr * tr @ quad.T).reshape(len(idx), nl, nl)
+            g = tr @ lin.T
+            sign, logdet = np.linalg.slogdet(fisher)
+            good = (sign > 0) & np.all(np.isfinite(tr), axis=1)
+            c = np.zeros_like(g)
+            if good.any():
+                c[good] = np.linalg.solve(fisher[good], g[good][..., None])[..., 0]
+            chi2 = np.maximum(yy - np.sum(g * c, axis=1), 0.0)
+            ll += np.where(good, -0.5 * chi2 - 0.5 * np.where(good, logdet, 0.0)
+                           - len(night.t) * math.log(night.noise_factor), -np.inf)
+        out[idx] = lp[idx] + ll
+        return out

@@ -1,0 +1,168 @@
+"""Workflow entry points of the transit fits: one function per rule of ``rules/transit.smk``.
+
+A fit that cannot run (too few points, no dip, an unknown regressor) or a night whose analysis
+failed does not stop the workflow: the YAML says ``success: false`` with the reason and the
+figures say it too. Any other exception is a bug and fails the job.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("bandersnake.transitfit")
+
+
+def _write_yaml(report, path):
+    import yaml
+
+    from ..fitsio import write_text
+    from .night import plain
+
+    write_text(yaml.safe_dump(plain(report), sort_keys=False), path)
+
+
+def _empty_lc(path, why):
+    from ..fitsio import write_text
+
+    write_text(f"# transit fit not done: {why}\n", path)
+
+
+def transit_fit_stage(differential_path, centroid_path, outputs, settings, filter_name=None, night="",
+                      target="", flat_path=None):
+    """Transit fit of one (night, target) (rule ``transit_fit``).
+
+    Parameters
+    ----------
+    differential_path, centroid_path : path
+        ``photometry/differential.fits`` and ``centroiding/centroids.fits`` (the photometry tables
+        of the fitted aperture are read beside ``differential.fits`` when regressors are asked).
+    outputs : dict
+        ``fit`` (YAML), ``plot`` (PNG), ``corner`` (PNG), ``lc`` (ECSV).
+    settings : dict
+        The target's ``analysis_settings.transit`` entry.
+    filter_name : str, optional
+        The science filter (limb darkening from the table).
+    flat_path : path, optional
+        The target's master flat: its FILTER keyword gives ``filter_name`` when that is not given.
+
+    Returns
+    -------
+    dict
+        The YAML report.
+    """
+    from ..analysis.differential import read_differential
+    from ..analysis.plots import plot_not_possible, plot_transit_note
+    from ..analysis.status import STATUS_FAILED, analysis_failure, failure_text
+    from .fit import fit_night
+    from .limbdark import limb_darkening_prior
+    from .night import night_inputs, report_dict, write_lc_table
+    from .plots import plot_corner, plot_night_fit
+
+    s = dict(settings or {})
+    aperture = s.pop("aperture", None)
+    if filter_name is None and flat_path is not None:
+        from ..analysis.stages import filter_of_master_flat
+
+        filter_name = filter_of_master_flat(flat_path)
+    reason = analysis_failure(differential_path)
+    if reason is not None:
+        why = failure_text(reason)
+        log.warning("%s: %s; no transit fit", differential_path, why)
+        report = {"success": False, "analysis_status": STATUS_FAILED, "message": why, "aperture": None,
+                  "night": night, "target": target, "settings": s}
+        plot_not_possible(outputs["plot"], reason, "Transit fit")
+        plot_not_possible(outputs["corner"], reason, "Transit fit posterior")
+        _empty_lc(outputs["lc"], why)
+        _write_yaml(report, outputs["fit"])
+        return report
+    try:
+        inputs = night_inputs(differential_path, centroid_path, s, aperture)
+        ld = limb_darkening_prior(s, filter_name)
+        res = fit_night(inputs["t"], inputs["flux"], inputs["err"], s, inputs["regressors"], inputs["exptime_s"],
+                        ld=ld, name=night)
+    except ValueError as err:
+        table = read_differential(differential_path, aperture)
+        ok = table["frame_ok"].astype(bool)
+        why = f"transit fit not possible: {err}"
+        log.warning("%s: %s", differential_path, why)
+        report = {"success": False, "message": why, "aperture": float(table["_header"]["APERRAD"]),
+                  "night": night, "target": target, "settings": s}
+        plot_transit_note(table["BJD_TDB"][ok], table["diff_flux"][ok], outputs["plot"], why)
+        plot_transit_note(table["BJD_TDB"][ok], table["diff_flux"][ok], outputs["corner"], why)
+        _empty_lc(outputs["lc"], why)
+        _write_yaml(report, outputs["fit"])
+        return report
+    report = report_dict(res, s, night=night, target=target, aperture=inputs["aperture"])
+    plot_night_fit(res, outputs["plot"], title=f"{target} {night}: transit fit (batman, emcee)")
+    plot_corner(res["samples"], outputs["corner"])
+    write_lc_table(inputs, res, s, outputs["lc"], night=night, target=target)
+    _write_yaml(report, outputs["fit"])
+    p = report
+    log.info("%s %s: T0 %.5f +%.5f -%.5f BJD_TDB, rp_rs_sq %.2f +%.2f -%.2f ppt, max_flux_drop %.2f ppt, "
+             "b %.2f, beta %.2f, %d steps x %d walkers (tau %.0f)", target, night, p["t0"]["median"],
+             p["t0"]["plus"], p["t0"]["minus"], 1e3 * p["rp_rs_sq"]["median"], 1e3 * p["rp_rs_sq"]["plus"],
+             1e3 * p["rp_rs_sq"]["minus"], 1e3 * p["max_flux_drop"]["median"], p["b"]["median"],
+             p["noise"]["beta"], p["chain"]["n_steps"], p["chain"]["n_walkers"], max(p["chain"]["tau"]))
+    return report
+
+
+def joint_fit_stage(fit_paths, lc_paths, out_yaml, out_png, settings, filter_name=None, target=""):
+    """Joint fit of every night of a target (rule ``joint_fit``).
+
+    Nights whose single fit failed are left out (listed in the YAML); with fewer than two usable
+    nights the YAML says ``success: false`` and why.
+    """
+    import yaml
+
+    from ..analysis.plots import plot_not_possible
+    from .joint import fit_joint
+    from .limbdark import limb_darkening_prior
+    from .night import plain, read_lc_table
+
+    s = dict(settings or {})
+    s.pop("aperture", None)
+    nights, skipped = [], []
+    for fit_path, lc_path in zip(fit_paths, lc_paths):
+        fit = yaml.safe_load(Path(fit_path).read_text()) or {}
+        name = fit.get("night") or Path(fit_path).parent.parent.parent.name
+        if not fit.get("success"):
+            skipped.append({"night": name, "reason": fit.get("message", "fit failed")})
+            continue
+        inp, meta = read_lc_table(lc_path)
+        night_settings = meta.get("settings") or {}
+        inp["settings"] = {k: night_settings[k] for k in ("t0", "window", "duration") if k in night_settings}
+        nights.append((name, inp))
+    report = {"target": target, "nights_skipped": skipped}
+    if len(nights) < 2:
+        why = f"joint fit needs two nights with a successful fit, found {len(nights)}"
+        report.update(success=False, message=why, nights=[n for n, _ in nights])
+        plot_not_possible(out_png, why, f"{target}: joint transit fit")
+        _write_yaml(report, out_yaml)
+        return report
+    try:
+        res = fit_joint(nights, s, limb_darkening_prior(s, filter_name))
+    except ValueError as err:
+        why = f"joint fit not possible: {err}"
+        report.update(success=False, message=why, nights=[n for n, _ in nights])
+        plot_not_possible(out_png, why, f"{target}: joint transit fit")
+        _write_yaml(report, out_yaml)
+        return report
+    from .plots import plot_joint_fit
+
+    p = res["parameters"]
+    report.update(success=True, message="converged" if res["chain"]["converged"] else "chain short of n_tau tau",
+                  nights=res["nights"], period_model=s.get("period"),
+                  t0_per_night={n: r for n, r in zip(res["nights"], res["t0"])},
+                  ephemeris=res["ephemeris"], rp_rs_sq=p["rp_rs_sq"], max_flux_drop=p["max_flux_drop"])
+    for key in ("rp_rs", "b", "t14", "a_rs", "inc_deg", "stellar_density", "u1", "u2"):
+        if key in p:
+            report[key] = p[key]
+    report["noise"] = dict(zip(res["nights"], res["noise"]))
+    report["baseline"] = dict(zip(res["nights"], res["baseline"]))
+    report["chain"] = {k: v for k, v in res["chain"].items() if k != "max_log_prob_vector"}
+    report["units"] = ("times BJD_TDB (d); period d; O-C min; rp_rs_sq = (Rp/R*)^2 (fraction); "
+                       "max_flux_drop = deepest fractional loss of light; medians with 16/84 and 2.5/97.5 percentiles")
+    plot_joint_fit(res, out_png)
+    _write_yaml(plain(report), out_yaml)
+    return report
