@@ -7,8 +7,10 @@ from conftest import ROOT
 # Not in the night's group job: the inventory is a checkpoint (the rest of the night's DAG is known
 # only after it ran), the precision plot joins every night (grouping it would make all nights one
 # job), the demo simulation and the staging copy are local-only. Templates are not per night: their
-# tiles are meant to spread over the cluster as separate jobs. Stacks across nights join every night.
-UNGROUPED = {"inventory", "precision_vs_brightness", "simulate_demo", "stage_raw", "stack_nights", "templates", "templates_psf",
+# tiles are meant to spread over the cluster as separate jobs. Stacks and joint transit fits across
+# nights join every night.
+UNGROUPED = {"inventory", "precision_vs_brightness", "simulate_demo", "stage_raw", "stack_nights", "joint_fit",
+             "templates", "templates_psf",
              "templates_mapping", "templates_tile", "templates_fit", "templates_template", "templates_difference"}
 
 

@@ -81,7 +81,9 @@ def test_disagreeing_time_keywords_are_reported():
 
 
 def _frame(path, header, shape=(8, 10)):
-    fits.PrimaryHDU(np.full(shape, 100, np.uint16), fits.Header(header)).writeto(path)
+    # Sky noise of its own per frame: the inventory rejects constant frames and pixel duplicates.
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    fits.PrimaryHDU(rng.poisson(100, shape).astype(np.uint16), fits.Header(header)).writeto(path)
     return str(path)
 
 
