@@ -152,7 +152,7 @@ def red_noise_beta(t, resid, err, bins_min=(10, 15, 20, 30)):
     return max(1.0, float(np.median(betas))) if betas else 1.0
 
 
-def _box_search(t, y, w, t0_range, durations):
+def box_search(t, y, w, t0_range, durations):
     """Best (t0, t14, depth) of a box transit by weighted least squares on a grid."""
     best = (-np.inf, None, None, 0.0)
     step = max(np.median(np.diff(np.sort(t))) * 2, 2 / 1440)
@@ -234,7 +234,7 @@ def fit_transit(t, flux, err, period=None, t0=None, window=None, duration=None, 
         durations = [duration] if duration is not None else np.concatenate(
             [[10 / 1440, 20 / 1440], np.arange(0.5, 5.01, 0.25) / 24])
         rng = (t0, t0) if t0 is not None else window
-        bt0, bdur, bdepth = _box_search(t, flux, 1 / err**2, rng, durations)
+        bt0, bdur, bdepth = box_search(t, flux, 1 / err**2, rng, durations)
         if bt0 is None:
             raise ValueError("no transit-like dip found in the search window (too few frames in or out of "
                              "every trial box; give a duration)")

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from ..analysis.transit import box_search  # the start values of the old least-squares fit
 from .model import TransitModel, ingress_duration, stellar_density
 from .posterior import RP_RS_SQ_MAX, T14_MIN_D, NightData, Posterior, design_matrix
 from .sampler import best_fit, run_mcmc, set_noise, summarize
@@ -24,23 +25,6 @@ log = logging.getLogger("bandersnake.transitfit")
 
 DEFAULTS = dict(b_max=None, baseline_order=1, detrend=[], supersample_s=None, n_tau=40, max_steps=20000,
                 seed=0, ld_sigma=None)
-
-
-def box_search(t, y, w, t0_range, durations):
-    """Best (t0, t14, depth) of a box-shaped dip by weighted least squares on a grid (start values)."""
-    best = (-np.inf, None, None, 0.0)
-    step = max(np.median(np.diff(np.sort(t))) * 2, 2 / 1440)
-    grid = np.arange(t0_range[0], t0_range[1] + step, step)
-    for d in durations:
-        for t0 in grid:
-            inside = np.abs(t - t0) < d / 2
-            if inside.sum() < 3 or (~inside).sum() < 3:
-                continue
-            depth = np.average(y[~inside], weights=w[~inside]) - np.average(y[inside], weights=w[inside])
-            snr = depth * math.sqrt(w[inside].sum())
-            if snr > best[0]:
-                best = (snr, t0, d, depth)
-    return best[1], best[2], best[3]
 
 
 def prepare_night(name, t, flux, err, settings, regressors=None, exptime_s=None):
