@@ -46,6 +46,19 @@ def test_tracking_star_index():
     assert problem.startswith("t.yaml: targets.T-1[0]") and "tracking_star: 4" in problem and "0..3" in problem
 
 
+def test_targets_on_the_sky_are_checked_without_pixel_positions():
+    # A target given by ra/dec only has no pixel list (the pipeline chooses 1 + n_comparisons stars);
+    # all_star_coords count like pixel positions.
+    sky = validate({"targets": {"S-1": {"ra": 10.0, "dec": 20.0, "n_comparisons": 5}}}, "targets.schema.yaml", "t")
+    assert preflight.targets_problems(sky, "t.yaml") == []
+    assert preflight.comparisons_problems({"comparisons": [5]}, sky, "x") == []
+    assert preflight.comparisons_problems({"comparisons": [6]}, sky, "x") != []
+    coords = validate({"targets": {"S-1": {"all_star_coords": [[10, 20], [10.1, 20]], "tracking_star": 2}}},
+                      "targets.schema.yaml", "t")
+    (problem,) = preflight.targets_problems(coords, "t.yaml")
+    assert "tracking_star: 2" in problem and "0..1" in problem
+
+
 def test_comparisons_indices():
     assert preflight.comparisons_problems({"comparisons": None}, _targets(), "x") == []
     assert preflight.comparisons_problems({"comparisons": [1, 3]}, _targets(), "x") == []

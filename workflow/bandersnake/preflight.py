@@ -101,11 +101,21 @@ def _target_entries(targets):
                 yield name, f"targets.{name}[{k}] (start_date {entry.get('start_date')})", entry
 
 
+def _n_stars(entry):
+    """Stars of a targets.yaml entry: its pixel positions or sky coordinates; for an entry given by the
+    target's ra/dec only, the target and the ``n_comparisons`` stars the pipeline chooses (default 8)."""
+    listed = entry.get("all_star_positions") or entry.get("all_star_coords")
+    return len(listed) if listed else 1 + int(entry.get("n_comparisons", 8))
+
+
 def targets_problems(targets, source):
-    """``tracking_star`` of every entry is an index into its ``all_star_positions``."""
+    """``tracking_star`` of every entry is an index into its ``all_star_positions`` (or ``all_star_coords``);
+    entries given by ra/dec only have their tracking star chosen by the pipeline."""
     out = []
     for _, label, entry in _target_entries(targets):
-        n = len(entry["all_star_positions"])
+        if "tracking_star" not in entry:
+            continue
+        n = _n_stars(entry)
         track = entry["tracking_star"]
         if not 0 <= track < n:
             out.append(f"{source}: {label}.tracking_star: {track} is not a star index (0..{n - 1}, "
@@ -138,7 +148,7 @@ def comparisons_problems(analysis, targets, source, date=None):
     entries = _entries_on(targets, date)
     if not comps or not entries:
         return []
-    most = max(len(e["all_star_positions"]) for _, e in entries)
+    most = max(_n_stars(e) for _, e in entries)
     bad = sorted({int(c) for c in comps if int(c) >= most})
     if not bad:
         return []
