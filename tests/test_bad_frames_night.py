@@ -81,4 +81,5 @@ def test_bad_frames_leave_the_analysis_unchanged(tmp_path):
     for col in ("BJD_TDB", "diff_flux", "diff_flux_err"):
         np.testing.assert_allclose(table_b[col], table_a[col], rtol=0, atol=1e-12)
     assert fit_a["success"] and fit_b["success"]
-    assert abs(fit_b["t0"] - fit_a["t0"]) * 86400 < 1e-3  # s
+    # The fit is seeded (transit settings seed, default 0): the same light curve gives the same chain.
+    assert abs(fit_b["t0"]["median"] - fit_a["t0"]["median"]) * 86400 < 1e-3  # s
