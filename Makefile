@@ -13,7 +13,7 @@ CORES ?= 2
 DEMO_NIGHT := SPIRIT2_20251215
 # Debian packages the tests use: astrometry.net with the Tycho-2 index files (plate solving),
 # chromium (report rendering test). SLURM is installed by the SLURM test's start script.
-APT_PACKAGES := astrometry.net astrometry-data-tycho2-09 astrometry-data-tycho2-10-19 chromium
+APT_PACKAGES := astrometry.net astrometry-data-tycho2-08 astrometry-data-tycho2-09 astrometry-data-tycho2-10-19 chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup warm system-packages demo test test-fast lint format clean
