@@ -53,7 +53,14 @@ def astep_date(tmp_path_factory):
     (root / "instruments").mkdir()
     (root / "instruments" / "ASTEP.yaml").write_text(yaml.safe_dump(inst_yaml, sort_keys=False))
     instrument = load_instrument(root / "instruments", "ASTEP")
+    # The simulated sky from the -09..-19 files only: the same stars whether or not -08 (denser) is installed.
+    sky_index = root / "sky_index"
+    sky_index.mkdir()
+    for f in INDEX_DIR.glob("index-tycho2-*.fits"):
+        if not f.name.startswith(("index-tycho2-07", "index-tycho2-08")):
+            (sky_index / f.name).symlink_to(f)
     cfg = small_config(
+        tycho_index_dir=str(sky_index),
         date="20250403", layout="astep", star_field="tycho", ra_deg=120.0, dec_deg=-65.0, shape=SHAPE,
         target="FIELD-120-65", telescope="ASTEP 0.4m (simulated)", n_science=6, science_exptime_s=EXPTIME,
         n_bias=5, n_dark=5, dark_exptimes_s=(EXPTIME,), n_flat_dark=5, n_flat_dusk=3, n_flat_dawn=3,
