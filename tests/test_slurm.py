@@ -118,9 +118,12 @@ def test_slurm_run_equals_local_run(slurm_cluster, tmp_path):
     ours = [j.split("|") for j in jobs if "|" in j]
     assert any(state == "COMPLETED" and part == CI_PARTITION and acct == CI_ACCOUNT
                for _, state, part, acct in ours), f"no completed job in sacct: {ours}"
-    # One sbatch per job: at least one per requested target (more: their upstream jobs).
+    # The profile's `groups:` (issue 22): the inventory checkpoint, then every other job of the
+    # night in one group job -- two submissions, however many jobs the night has.
     submitted = proc.stderr.count("has been submitted with SLURM jobid")
-    assert submitted >= len(targets), f"only {submitted} sbatch submissions:\n{proc.stderr[-3000:]}"
+    finished = proc.stderr.count("Finished jobid")
+    assert submitted == 2 and finished > submitted, (
+        f"{submitted} sbatch submissions for {finished} jobs:\n{proc.stderr[-3000:]}")
 
     compared = _nights.assert_same_products(local_dir, slurm_dir, targets)
     assert any(p.endswith("inventory.ecsv") for p in compared)
