@@ -61,6 +61,17 @@ def write_night(folder):
             f"nights=['{NIGHT}']"]
 
 
+def _compile_detection():
+    """Source detection's numba passes (astrometry/_detect.py): the tiny night does no plate
+    solving, so they are compiled here, with the argument types detect_sources passes."""
+    import numpy as np
+
+    from .astrometry.solve import detect_sources
+
+    rng = np.random.default_rng(0)
+    detect_sources(rng.normal(100.0, 10.0, (128, 128)).astype(np.float32), np.zeros((128, 128), bool))
+
+
 def snakemake_command():
     """The ``snakemake`` of this interpreter's environment."""
     exe = Path(sys.executable).parent / "snakemake"
@@ -94,6 +105,7 @@ def main(argv=None):
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
+    _compile_detection()
     where = os.environ.get("NUMBA_CACHE_DIR") or f"{ROOT / 'workflow' / 'bandersnake'}/*/__pycache__"
     print(f"bandersnake warm-up: numba code compiled into {where} in {time.perf_counter() - t0:.0f} s")
     return 0
