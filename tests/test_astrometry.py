@@ -107,6 +107,14 @@ def test_detection_passes_equal_the_background_mesh():
     np.testing.assert_array_equal(got_y, want_y)
     np.testing.assert_array_equal(got_x, want_x)
     np.testing.assert_array_equal(_detect.bilinear_at(rms_grid, axes, want_y, want_x), rms[want_y, want_x])
+    # Local maxima over 7x7 (clipped at the edges), as the numpy neighbourhood gather found them.
+    py, px = np.concatenate([want_y, [0, ny - 1]]), np.concatenate([want_x, [nx - 1, 0]])
+    off = np.arange(-3, 4)
+    hood = filt[np.clip(py[:, None, None] + off[None, :, None], 0, ny - 1),
+                np.clip(px[:, None, None] + off[None, None, :], 0, nx - 1)]
+    want_peak = filt[py, px] >= hood.reshape(len(py), 49).max(axis=1)
+    assert 0 < want_peak.sum() < len(py)
+    np.testing.assert_array_equal(_detect.local_peaks(filt, py, px, 3), want_peak)
 
 
 @needs_solver

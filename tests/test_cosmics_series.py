@@ -139,3 +139,38 @@ def test_calibrate_night_series_method(night):  # noqa: F811
         np.testing.assert_array_equal(ours["SCI"].data, theirs["SCI"].data)
         np.testing.assert_array_equal(ours["ERR"].data, theirs["ERR"].data)
         np.testing.assert_array_equal(ours["MASK"].data & ~np.uint8(2), theirs["MASK"].data & ~np.uint8(2))
+
+
+def test_calibrate_night_series_writes_each_frame_once_as_the_file_pass(night, monkeypatch):  # noqa: F811
+    """The calibration hands its frames to the series in memory (issue 22: one write per frame,
+    not a stage write, a re-read and a rewrite): the products equal calibrating without cosmic
+    rays and then running the file pass (flag_night_series) over them. Two frames (too few for a
+    series) are still written, unflagged."""
+    from astropy.io import fits
+
+    import bandersnake.fitsio as fitsio
+    from bandersnake.calibration import frames as C
+    from bandersnake.calibration.cosmics_series import flag_night_series
+
+    kw = dict(darks={30.0: night["masters"]["dark"]}, threads=2)
+    plain = C.calibrate_night(night["frames"], night["cal_masters"], night["inst"], night["tmp"] / "plain",
+                              find_cosmics=False, **kw)
+    counts = flag_night_series([str(night["tmp"] / "plain" / f) for f, s in zip(plain["file"], plain["status"])
+                                if s == "ok"])
+    writes = []
+    real_write = fitsio.write_fits
+    monkeypatch.setattr(fitsio, "write_fits", lambda hdul, path: (writes.append(str(path)), real_write(hdul, path)))
+    monkeypatch.setattr(C, "write_fits", fitsio.write_fits)
+    fused = C.calibrate_night(night["frames"], night["cal_masters"], night["inst"], night["tmp"] / "fused",
+                              cosmics_method="series", **kw)
+    ok = [f for f, s in zip(fused["file"], fused["status"]) if s == "ok"]
+    assert len(ok) == 3 and sorted(writes) == sorted(str(night["tmp"] / "fused" / f) for f in ok)
+    for f in ok:
+        with fits.open(night["tmp"] / "fused" / f) as a, fits.open(night["tmp"] / "plain" / f) as b:
+            for ext in ("SCI", "ERR", "MASK"):
+                np.testing.assert_array_equal(a[ext].data, b[ext].data)
+            assert a[0].header["CRNPIX"] == b[0].header["CRNPIX"] == counts[str(night["tmp"] / "plain" / f)]
+    two = C.calibrate_night(night["frames"][:2], night["cal_masters"], night["inst"], night["tmp"] / "two",
+                            cosmics_method="series", **kw)
+    for f in two["file"]:
+        assert "CRNPIX" not in fits.getheader(night["tmp"] / "two" / f)

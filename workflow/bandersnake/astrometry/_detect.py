@@ -69,3 +69,24 @@ def bilinear_at(grid, axes, py, px):
     r0 = grid[y0[py], x0[px]] * (1 - fy[py]) + grid[y1[py], x0[px]] * fy[py]
     r1 = grid[y0[py], x1[px]] * (1 - fy[py]) + grid[y1[py], x1[px]] * fy[py]
     return r0 * (1 - fx[px]) + r1 * fx[px]
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def local_peaks(filt, py, px, h):
+    """True where ``filt[py, px]`` is the maximum of its ``(2h+1)^2`` neighbourhood (indices
+    clipped at the edges, ties kept): the numpy neighbourhood gather of ``detect_sources`` without
+    its ``n x (2h+1)^2`` array (2 million candidates on a crowded 4096x4096 frame: 2.4 -> ~0.05 CPU-s)."""
+    ny, nx = filt.shape
+    out = np.empty(py.shape[0], np.bool_)
+    for i in prange(py.shape[0]):
+        y, x = py[i], px[i]
+        v = filt[y, x]
+        peak = True
+        for dy in range(-h, h + 1):
+            yy = min(max(y + dy, 0), ny - 1)
+            for dx in range(-h, h + 1):
+                xx = min(max(x + dx, 0), nx - 1)
+                if filt[yy, xx] > v:
+                    peak = False
+        out[i] = peak
+    return out

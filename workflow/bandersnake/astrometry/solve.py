@@ -225,12 +225,7 @@ def detect_sources(image, mask=None, fwhm_px=3.0, nsigma=5.0, max_sources=300, b
     # Noise of a Gaussian-filtered white-noise image: rms / (2 sqrt(pi) sigma).
     py, px = (_detect.above_threshold(filt, rms_grid, *axes, float(nsigma), 2.0 * np.sqrt(np.pi) * sigma,
                                       int(border)) if border > 0 else (np.zeros(0, np.int64),) * 2)
-    h = size // 2
-    off = np.arange(-h, h + 1)
-    ny_, nx_ = filt.shape
-    hood = filt[np.clip(py[:, None, None] + off[None, :, None], 0, ny_ - 1),
-                np.clip(px[:, None, None] + off[None, None, :], 0, nx_ - 1)]
-    is_peak = filt[py, px] >= hood.reshape(len(py), size * size).max(axis=1, initial=-np.inf)
+    is_peak = _detect.local_peaks(filt, py, px, size // 2)
     py, px = py[is_peak], px[is_peak]
     order = np.argsort(filt[py, px])[::-1][: 3 * max_sources]
     py, px = py[order], px[order]

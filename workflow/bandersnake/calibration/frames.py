@@ -157,8 +157,8 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
     out_dir.mkdir(parents=True, exist_ok=True)
     cosmics_config = dict(cosmics_config or {})
     replace_sci = bool(cosmics_config.pop("replace_sci", False))
-    # "series": the frames are written first, then flagged against their neighbours in time
-    # (calibration/cosmics_series.py, issue 22); astroscrappy is not run.
+    # "series": each frame is flagged against its neighbours in time as soon as they are
+    # calibrated, then written once (calibration/cosmics_series.py, issue 22); no astroscrappy.
     series = find_cosmics and cosmics_method == "series"
     cr_params = _cosmics.cosmic_params(cosmics_config, instrument.get("plate_scale_arcsec_per_px")) \
         if find_cosmics and not series else None
@@ -219,7 +219,9 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
             if not series:
                 hdr["HISTORY"] = ("MASK bit 2: cosmic rays (astroscrappy, gain 1 on e- data)" if cr_params
                                   else "cosmic rays not searched")
-            write_fits(hdul, out_dir / names[k])
+                write_fits(hdul, out_dir / names[k])
+            else:
+                row["_hdul"] = hdul      # written once, flagged, by the series (below)
             if not matched and dark_path and row["exptime"] not in warned:
                 warned.add(row["exptime"])
                 log.warning("no darks of %s s: %s calibrated with the all-exposure master dark %s scaled to "
@@ -237,9 +239,10 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
         return row
 
     with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
-        rows = list(pool.map(one, enumerate(frames)))
-    if series:
-        _flag_series(rows, out_dir)
+        if series:
+            rows = _calibrate_and_flag(pool, one, frames, out_dir, max(1, int(threads)))
+        else:
+            rows = list(pool.map(one, enumerate(frames)))
     n_ok = sum(r["status"] == "ok" for r in rows)
     table = _write_table(rows, _CAL_COLUMNS, _CAL_DTYPES, out_dir / CALIBRATED_TABLE,
                          meta={"n_frames": len(rows), "n_calibrated": n_ok, "suffix": suffix,
@@ -252,13 +255,17 @@ def calibrate_night(frames, masters, instrument, out_dir, *, darks=None, suffix=
     return table
 
 
-def _flag_series(rows, out_dir):
-    """Cosmic rays of the calibrated frames against their neighbours in time; a frame that cannot
-    be flagged is skipped with its reason, the others go on."""
-    from .cosmics_series import flag_night_series
+def _calibrate_and_flag(pool, one, frames, out_dir, threads):
+    """Calibrate the frames on ``pool`` and hand them, in time order and still in memory, to the
+    cosmic-ray series, which writes each once with its rays flagged (no stage write and re-read:
+    a 4096x4096 frame is 144 MB). At most ``threads + 1`` calibrated frames wait for the series
+    besides its own window. A frame that cannot be flagged or written is skipped with its reason,
+    the others go on."""
+    from collections import deque
 
-    ok = [r for r in rows if r["status"] == "ok"]
-    by_path = {str(out_dir / r["file"]): r for r in ok}
+    from .cosmics_series import SeriesFlagger
+
+    by_path = {}
 
     def skip(path, reason):
         row = by_path[path]
@@ -266,9 +273,26 @@ def _flag_series(rows, out_dir):
         log.warning("frame skipped: %s: %s", path, reason)
         Path(path).unlink(missing_ok=True)
 
-    counts = flag_night_series(list(by_path), on_error=skip)
-    for path, n_cr in counts.items():
+    series = SeriesFlagger(on_error=skip)
+    rows, queue, todo = [], deque(), iter(enumerate(frames))
+    for item in todo:
+        queue.append(pool.submit(one, item))
+        if len(queue) > threads:
+            break
+    while queue:
+        row = queue.popleft().result()
+        nxt = next(todo, None)
+        if nxt is not None:
+            queue.append(pool.submit(one, nxt))
+        hdul = row.pop("_hdul", None)
+        rows.append(row)
+        if row["status"] == "ok":
+            path = str(out_dir / row["file"])
+            by_path[path] = row
+            series.add(path, hdul)
+    for path, n_cr in series.close().items():
         by_path[path]["n_cosmic"] = n_cr
+    return rows
 
 
 def cosmics_in_frame(sci, err, mask, read_noise_e, saturation_e, params, return_clean=False, pad=8):
