@@ -242,7 +242,9 @@ def sun_sessions(jd_utc, site):
     times.delta_ut1_utc = np.zeros(times.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lst = times.sidereal_time("apparent", longitude=site["longitude_deg"] * u.deg)
+        # Greenwich sidereal time without the TIO locator (no polar motion, so no IERS table:
+        # arcseconds, nothing for this split), plus the site's longitude.
+        lst = times.sidereal_time("apparent", longitude="greenwich") + site["longitude_deg"] * u.deg
         sun = get_sun(times)
     hour_angle = (lst - sun.ra).wrap_at(24 * u.hourangle).hour
     out[ok] = np.where(hour_angle < 12.0, "dusk", "dawn")
