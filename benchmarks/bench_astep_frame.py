@@ -270,12 +270,14 @@ def night_run(args):
                  "WCS: solve-field (reference)", "write final frame with WCS"):
         calls = timer.calls.get(name, 0)
         rest = (timer.total.get(name, 0.0) - timer.first.get(name, 0.0)) / max(calls - 1, 1)
-        print(f"  {name:32s} {timer.total.get(name, 0.0) / n:7.3f}   ({calls} calls; first {timer.first.get(name, 0):.3f} s, "
+        print(f"  {name:32s} {timer.total.get(name, 0.0) / n:7.3f}   ({calls} calls; "
+              f"first {timer.first.get(name, 0):.3f} s, "
               f"the others {rest:.3f} s each)")
     per = (t_cal + t_wcs) / n
     ref = timer.total.get("WCS: solve-field (reference)", 0.0)
     print("  (the reference solve-field's own read and detection are in both its line and theirs)")
-    print(f"wall per frame: calibrate_frames job {t_cal / n:.3f} s (read, calibrate, flag, write), astrometry job {t_wcs / n:.3f} s (of which solve-field {ref:.1f} s once per night)")
+    print(f"wall per frame: calibrate_frames job {t_cal / n:.3f} s (read, calibrate, flag, write), "
+          f"astrometry job {t_wcs / n:.3f} s (of which solve-field {ref:.1f} s once per night)")
     print(f"CPU per frame (all threads; solve-field's own process not counted): calibrate_frames "
           f"{c_cal / n:.3f} s, astrometry {c_wcs / n:.3f} s")
     print(f"TOTAL {per:.3f} s per frame over {n} frames (goal <= 3 s on 2 cores); with the reference "
@@ -296,7 +298,8 @@ def night_run(args):
     rec = [s["recall_detectable"] for s in scores]
     print(f"cosmic rays vs truth over {len(scores)} frames: recall (detectable, deposit >= 5 ERR) min {min(rec):.4f} "
           f"median {med(rec):.4f} (goal >= 0.95); every hit pixel median {med([s['recall_all'] for s in scores]):.4f}; "
-          f"false flags per frame median {med([s['false'] for s in scores]):.0f} max {max(s['false'] for s in scores)}; "
+          f"false flags per frame median {med([s['false'] for s in scores]):.0f} "
+          f"max {max(s['false'] for s in scores)}; "
           f"star-core pixels flagged {sum(s['core'] for s in scores)} (goal 0; {scores[0]['n_core']} per frame)")
     m = summary.meta
     print(f"WCS: {m['n_solved']} of {m['n_frames']} solved ({m['n_followed']} followed, {m['n_solve_field']} by "

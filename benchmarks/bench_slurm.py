@@ -99,7 +99,8 @@ def run_night(label, cmd, cwd, env, log, timeout):
     wall = time.perf_counter() - t0
     text = Path(log).read_text()
     if proc.returncode:
-        sys.exit(f"{label}: snakemake failed (exit {proc.returncode}{', timed out' if proc.returncode == 124 else ''}); "
+        why = ", timed out" if proc.returncode == 124 else ""
+        sys.exit(f"{label}: snakemake failed (exit {proc.returncode}{why}); "
                  f"see {log}")
     subs = SUBMITTED.findall(text)
     rows = sacct_rows([jid for _, jid, _ in subs])
