@@ -47,10 +47,12 @@ def best_fit(post, starts):
     return res.x, -res.fun
 
 
-def set_noise(post, x):
-    """Per-night white scale and red-noise beta from the residuals at ``x``; stored as noise_factor."""
+def set_noise(post, x, beta=True):
+    """Per-night white scale and red-noise beta from the residuals at ``x``; stored as noise_factor
+    (the white scale, times beta unless ``beta`` is False; beta is measured and recorded either way)."""
     par = post.unpack(x)
     n_free = len(post.names) / max(1, post.n_nights)
+    use_beta = beta
     out = []
     for i, night in enumerate(post.nights):
         night.noise_factor = 1.0
@@ -58,7 +60,7 @@ def set_noise(post, x):
         resid = night.flux - tr * base
         scale = white_scale(resid, night.err, n_free + len(c))
         beta = red_noise_beta(night.t, resid)
-        night.noise_factor = scale * beta
+        night.noise_factor = scale * beta if use_beta else scale
         night.info.update(white_scale=scale, beta=beta, rms=float(np.std(resid, ddof=1)))
         out.append((scale, beta))
     return out
@@ -88,6 +90,10 @@ def initial_widths(post, x):
             w.append(max(1e-4, 0.02 * abs(v)))
         elif name == "t14":
             w.append(5e-4)
+        elif name.startswith("gp_h"):
+            w.append(0.05)
+        elif name.startswith("gp_log10_tau"):
+            w.append(0.1)
         else:
             w.append(0.01)
     return np.array(w)
@@ -116,14 +122,20 @@ def run_mcmc(post, x_best, seed=0, n_walkers=None, n_tau=40, tau_rtol=0.05, bloc
     sampler._random = np.random.mtrand.RandomState(seed)
     old_tau, converged, state = np.inf, False, p0
     tau = np.full(ndim, np.nan)
+    steps = block
     while sampler.iteration < max_steps:
-        state = sampler.run_mcmc(state, block, progress=False)
+        state = sampler.run_mcmc(state, min(steps, max_steps - sampler.iteration), progress=False)
         tau = sampler.get_autocorr_time(tol=0)
         if np.all(np.isfinite(tau)) and np.all(sampler.iteration > n_tau * tau) \
                 and np.all(np.abs(old_tau - tau) / tau < tau_rtol):
             converged = True
             break
         old_tau = tau
+        # next check: where the current estimate says the chain will be long enough (at least a
+        # block on): each check costs an FFT of the whole chain, so checking every block cost
+        # ~15 % of a fit
+        need = n_tau * float(np.nanmax(tau)) if np.any(np.isfinite(tau)) else 0.0
+        steps = int(max(block, min(need * 1.05 - sampler.iteration, 4 * block)))
     tau_max = float(np.nanmax(tau)) if np.any(np.isfinite(tau)) else sampler.iteration / n_tau
     if not converged:
         log.warning("MCMC: %d steps are fewer than %g autocorrelation times (tau = %.0f steps); "
