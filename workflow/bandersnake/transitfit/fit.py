@@ -19,7 +19,7 @@ import numpy as np
 
 from ..analysis.transit import box_search  # the start values of the old least-squares fit
 from .model import TransitModel, ingress_duration, stellar_density
-from .posterior import RP_RS_SQ_MAX, T14_MIN_D, NightData, Posterior, design_matrix
+from .posterior import GP_LOG10_H, RP_RS_SQ_MAX, T14_MIN_D, NightData, Posterior, design_matrix
 from .sampler import best_fit, run_mcmc, set_noise, summarize
 
 log = logging.getLogger("bandersnake.transitfit")
@@ -121,13 +121,13 @@ def best_gp_start(post, x_white):
         lo, hi = night.info["gp"]["log_tau_range"]
 
         def neg(v, tr=tr, lo=lo, hi=hi, night=night):
-            h, lt = v
-            if not (0.0 <= h <= 5.0 and lo <= lt <= hi):
+            lh, lt = v
+            if not (GP_LOG10_H[0] <= lh <= GP_LOG10_H[1] and lo <= lt <= hi):
                 return 1e300
-            sol = post.gp_solve(night, tr, h, 10.0 ** lt / 1440.0)
-            return -sol[0] if sol is not None else 1e300
+            sol = post.gp_solve(night, tr, 10.0 ** lh, 10.0 ** lt / 1440.0)
+            return -(sol[0] + lh * math.log(10.0)) if sol is not None else 1e300
 
-        grid = [(h, lt) for h in (0.1, 0.4, 1.0) for lt in np.linspace(lo + 0.1, hi - 0.1, 4)]
+        grid = [(lh, lt) for lh in (-1.0, -0.4, 0.0) for lt in np.linspace(lo + 0.1, hi - 0.1, 4)]
         v0 = min(grid, key=neg)
         res = minimize(neg, v0, method="Nelder-Mead", options=dict(maxiter=200, xatol=1e-3, fatol=1e-3))
         x[post.n_shape + 2 * i: post.n_shape + 2 * i + 2] = res.x if res.fun < neg(v0) else v0
@@ -244,7 +244,7 @@ def fit_transits(nights, starts, settings, ld):
         if post.noise == "gp":
             col = post.n_shape + 2 * i
             gp_summaries.append({"kernel": post.kernel,
-                                 "h": summarize(samples[:, col], "red-noise sigma / (white scale x median error)"),
+                                 "h": summarize(10 ** samples[:, col], "red-noise sigma / (white scale x median error)"),
                                  "tau_min": summarize(10 ** samples[:, col + 1], "min"),
                                  "sigma": summarize(gp_sigma, "relative flux"),
                                  "white_scale": summarize(scale, "")})
@@ -254,8 +254,8 @@ def fit_transits(nights, starts, settings, ld):
     best = []
     for i, night in enumerate(nights):
         tr, base, _, cov = post.best_baseline(par_med, i)
-        row = {"t": night.t, "flux": night.flux, "err": night.err * night.noise_factor, "transit": tr,
-               "baseline": base, "model": tr * base}
+        row = {"t": night.t, "flux": night.flux, "err": night.err * night.noise_factor, "err_in": night.err,
+               "transit": tr, "baseline": base, "model": tr * base}
         if post.noise == "gp":
             from .gp import predict
 

@@ -26,9 +26,10 @@ the conditional Gaussian. This leaves only the transit parameters to the sampler
 Noise (``noise``): ``white`` and ``beta`` multiply the frame errors by a factor fixed at the best
 fit (the white scale, and for ``beta`` the red-noise factor of :mod:`.noise`); ``gp`` adds per
 night a Gaussian process (:mod:`.gp`: Matern-3/2 or exponential kernel, celerite2) whose
-red-to-white ratio ``gp_h`` (uniform in [0, 5]) and time scale ``gp_log10_tau_min`` (log10 of
-minutes, uniform between two frame intervals and the night's span) are sampled with the transit,
-the white scale being integrated out analytically.
+red-to-white ratio h (uniform in [0.01, 5], sampled as ``gp_log10_h`` with the Jacobian: a
+posterior piled against h = 0 is a smooth bump in log h, which the ensemble moves mix 2x faster)
+and time scale ``gp_log10_tau_min`` (log10 of minutes, uniform between two frame intervals and the
+night's span) are sampled with the transit, the white scale being integrated out analytically.
 """
 
 import math
@@ -46,6 +47,7 @@ NOISE_MODELS = ("gp", "beta", "white")
 # Red noise up to 5 times the white level: beyond any night worth fitting, and a bound far from
 # the ratios light curves show (0-1), so the uniform prior does not push the ratio down.
 GP_H_MAX = 5.0
+GP_LOG10_H = (-2.0, math.log10(GP_H_MAX))   # h below 0.01: no red noise worth the name
 
 
 @dataclass
@@ -156,7 +158,7 @@ class Posterior:
                 night.gp_setup()
                 night.noise_factor = 1.0
                 sfx = "" if self.n_nights == 1 else f"_{night.name}"
-                self.names += [f"gp_h{sfx}", f"gp_log10_tau_min{sfx}"]
+                self.names += [f"gp_log10_h{sfx}", f"gp_log10_tau_min{sfx}"]
 
     # ------------------------------------------------------------------ vector <-> parameters
     def unpack(self, theta):
@@ -166,7 +168,7 @@ class Posterior:
         par["t0"] = [night.tref + dt for night, dt in zip(self.nights, theta[:n])]
         if self.noise == "gp":
             g = np.asarray(theta[self.n_shape:], float).reshape(n, 2)
-            par["gp"] = [(float(h), 10.0 ** float(lt) / 1440.0) for h, lt in g]
+            par["gp"] = [(10.0 ** float(lh), 10.0 ** float(lt) / 1440.0) for lh, lt in g]
         par.setdefault("b", self.b_fixed)
         par.setdefault("u1", self.ld["u1"])
         par.setdefault("u2", self.ld["u2"])
@@ -186,7 +188,7 @@ class Posterior:
         vec += [self.ld["u1"] if u1 is None else u1, self.ld["u2"] if u2 is None else u2] if self.fit_ld else []
         if self.noise == "gp":
             for h, tau in (gp or [(0.3, 10 / 1440)] * self.n_nights):
-                vec += [h, math.log10(tau * 1440)]
+                vec += [math.log10(h), math.log10(tau * 1440)]
         return np.array(vec, float)
 
     def orbit(self, par):
@@ -243,8 +245,10 @@ class Posterior:
         if self.noise == "gp":
             for (h, tau), night in zip(par["gp"], self.nights):
                 lo, hi = night.info["gp"]["log_tau_range"]
-                if not (0.0 <= h <= GP_H_MAX and lo <= math.log10(tau * 1440) <= hi):
+                lh = math.log10(h)
+                if not (GP_LOG10_H[0] <= lh <= GP_LOG10_H[1] and lo <= math.log10(tau * 1440) <= hi):
                     return -np.inf
+                lp += lh * math.log(10.0)     # uniform in h: density h ln 10 in log10 h
         return lp
 
     # ------------------------------------------------------------------ likelihood
@@ -396,7 +400,9 @@ class Posterior:
             g = x[:, self.n_shape:].reshape(w, n, 2)
             for i, night in enumerate(self.nights):
                 lo, hi = night.info["gp"]["log_tau_range"]
-                ok &= (g[:, i, 0] >= 0) & (g[:, i, 0] <= GP_H_MAX) & (g[:, i, 1] >= lo) & (g[:, i, 1] <= hi)
+                ok &= (g[:, i, 0] >= GP_LOG10_H[0]) & (g[:, i, 0] <= GP_LOG10_H[1]) & (g[:, i, 1] >= lo) \
+                    & (g[:, i, 1] <= hi)
+                lp += g[:, i, 0] * math.log(10.0)
         out = np.full(w, -np.inf)
         idx = np.flatnonzero(ok)
         if not len(idx):
@@ -407,7 +413,7 @@ class Posterior:
             for j, m in enumerate(idx):
                 tr[j] = night.model.flux_orbit(night.tref + x[m, i], k[m], a_rs[m], inc[m], u1[m], u2[m], per)
             if self.noise == "gp":
-                ll += self._night_gp(night).loglike(tr, g[idx, i, 0], 10.0 ** g[idx, i, 1] / 1440.0)[0]
+                ll += self._night_gp(night).loglike(tr, 10.0 ** g[idx, i, 0], 10.0 ** g[idx, i, 1] / 1440.0)[0]
                 continue
             quad, lin, yy, nl = self._products(night)
             fisher = (tr * tr @ quad.T).reshape(len(idx), nl, nl)
