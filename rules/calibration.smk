@@ -16,6 +16,8 @@ rule master_bias:
         SHADOW
     conda:
         "../envs/bandersnake.yaml"
+    # The masters run one after another with nothing beside them: the combine uses every core.
+    threads: config["processing"]["threads"]
     resources:
         mem_mb=config["processing"]["combine_memory_mb"] + 512,
     params:
@@ -43,6 +45,7 @@ rule master_dark:
         SHADOW
     conda:
         "../envs/bandersnake.yaml"
+    threads: config["processing"]["threads"]
     resources:
         mem_mb=config["processing"]["combine_memory_mb"] + 512,
     params:
@@ -72,6 +75,7 @@ rule master_flat:
         SHADOW
     conda:
         "../envs/bandersnake.yaml"
+    threads: config["processing"]["threads"]
     resources:
         mem_mb=config["processing"]["combine_memory_mb"] + 512,
     params:

@@ -81,10 +81,10 @@ rule templates_fit:
         logs("templates/{name}/logs/fit.log"),
     benchmark:
         bench("templates/{name}/benchmarks/fit.tsv")
-    resources:
-        mem_mb=lambda w: TEMPLATES[w.name]["tile_mem_mb"],
     conda:
         "../envs/bandersnake.yaml"
+    resources:
+        mem_mb=lambda w: TEMPLATES[w.name]["tile_mem_mb"],
     params:
         cfg=lambda w: TEMPLATES[w.name],
     script:

@@ -530,3 +530,20 @@ def test_spooled_master_equals_in_memory(tmp_path):
     np.testing.assert_array_equal(fits.getdata(tmp_path / "a.fits"), fits.getdata(tmp_path / "b.fits"))
     assert small["rdnoise_e"] == full["rdnoise_e"]
     assert not list(tmp_path.glob(".bandersnake_stack_*"))          # scratch file removed
+
+
+def test_local_flat_interpolation_matches_scipy_map_coordinates():
+    """The numpy bilinear interpolation of tile medians is scipy.ndimage.map_coordinates(order=1,
+    mode='nearest') on the same grid; 1e-6 covers map_coordinates' float32 output rounding."""
+    from scipy import ndimage
+
+    from bandersnake.calibration import masters
+
+    rng = np.random.default_rng(3)
+    for ny, nx, box in [(200, 300, 16), (37, 53, 8)]:
+        ty, tx = -(-ny // box), -(-nx // box)
+        grid = rng.normal(size=(ty, tx)).astype(np.float32)
+        yy = np.interp(np.arange(ny), masters._tile_centres(ny, box), np.arange(ty))
+        xx = np.interp(np.arange(nx), masters._tile_centres(nx, box), np.arange(tx))
+        reference = ndimage.map_coordinates(grid, np.meshgrid(yy, xx, indexing="ij"), order=1, mode="nearest")
+        np.testing.assert_allclose(masters._bilinear_on_grid(grid, yy, xx), reference, atol=1e-6)

@@ -191,3 +191,44 @@ def test_raw_fingerprint_follows_names_sizes_and_times(tmp_path):
     os.utime(frames[1], ns=(10**18, 10**18))
     assert raw_fingerprint(paths) != touched  # same time, different size
     assert raw_fingerprint(paths + [str(tmp_path / "missing.fits")]) != raw_fingerprint(paths)
+
+
+def test_kept_records_reread_only_changed_files(maxim, tmp_path, monkeypatch):
+    """A rerun reads only the files whose identity changed; the inventory is the same as a fresh one."""
+    import bandersnake.ingest.inventory as inventory
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    paths = [str(write_frame(raw / f"sci_{i:02d}.fits", date_obs=f"2025-06-02T04:{10 + i:02d}:00")) for i in range(6)]
+    records = tmp_path / "inventory_records.json"
+    read = []
+    original = inventory._contained_record
+    monkeypatch.setattr(inventory, "_contained_record", lambda p, *a: read.append(p) or original(p, *a))
+
+    first = build_inventory(paths, maxim, records_path=records)
+    assert len(read) == 6 and records.exists()
+    read.clear()
+    again = build_inventory(paths, maxim, records_path=records)
+    assert read == []                                  # nothing changed: no file opened
+    assert again.pformat_all() == first.pformat_all()
+
+    # Replace one frame by a copy of another exposure's header and new pixels: only it is read,
+    # and what it now holds (a later DATE-OBS) is what the inventory says.
+    os.remove(paths[2])
+    write_frame(paths[2], date_obs="2025-06-02T05:00:00", OBSERVER="replaced")
+    changed = build_inventory(paths, maxim, records_path=records)
+    assert read == [paths[2]]
+    row = changed[changed["path"] == paths[2]][0]
+    assert row["date_obs"].startswith("2025-06-02T05:00")
+
+    # Other settings (a keyword mapping changed): every file is read again.
+    read.clear()
+    other = dict(maxim, saturation_adu=12345.0)
+    build_inventory(paths, other, records_path=records)
+    assert sorted(read) == sorted(paths)
+
+    # A damaged cache is rebuilt, never an error.
+    records.write_text("{not json")
+    read.clear()
+    rebuilt = build_inventory(paths, other, records_path=records)
+    assert sorted(read) == sorted(paths) and len(rebuilt) == 6

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy import units as u
 from astropy.io import fits
 
 from bandersnake.ingest import timing
@@ -76,3 +77,27 @@ def test_arcsat_bjd_against_maxim_headers():
     good = np.array(am_hdr) < 5
     np.testing.assert_allclose(am[good], np.array(am_hdr)[good], atol=0.005)
     assert n_replaced == int((~good).sum())
+
+
+def test_kept_iers_table_gives_astropys_numbers(tmp_path, monkeypatch):
+    """The pickled IERS table kept between jobs is astropy's own: BJD_TDB identical to the bit."""
+    import pickle
+
+    from astropy.coordinates import EarthLocation
+    from astropy.utils import iers
+
+    from bandersnake.ingest import timing
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(timing, "_IERS_READY", [])
+    loc = EarthLocation.from_geodetic(-70.4 * u.deg, -24.6 * u.deg, 2500 * u.m)
+    jd = 2460828.5 + np.linspace(0.0, 0.4, 50)
+    with iers.earth_orientation_table.set(iers.IERS_Auto.open()):
+        reference = timing.bjd_tdb(jd, 123.4, -20.1, loc)   # first call: writes the kept table
+        kept = list((tmp_path / "bandersnake").glob("iers-*.pickle"))
+        assert len(kept) == 1
+    with open(kept[0], "rb") as fh:
+        table = pickle.load(fh)
+    with iers.earth_orientation_table.set(table):
+        again = timing.bjd_tdb(jd, 123.4, -20.1, loc)
+    np.testing.assert_array_equal(again, reference)

@@ -1,7 +1,6 @@
 """Input functions and the validated `templates` section of the templates stage (rules/templates.smk)."""
 
 from bandersnake.errors import BandersnakeError
-from bandersnake.templates import geometry as tgeometry
 from bandersnake.templates.offsets import offset_tag
 from bandersnake.templates.settings import settings as template_settings
 
@@ -32,6 +31,9 @@ def tpl(path):
 @lru_cache(maxsize=None)
 def template_tiles(name):
     """Tile names of a template, from its coarse frame's shape (science region) and tile_px."""
+    # astropy.wcs/table only when a template is asked for, not at every start (issue 22).
+    from bandersnake.templates import geometry as tgeometry
+
     cfg = TEMPLATES[name]
     try:
         frame = tgeometry.read_frame(cfg["frame"])
@@ -49,6 +51,8 @@ def template_tile_files(wildcards):
 
 
 def template_references(wildcards):
+    from bandersnake.templates import geometry as tgeometry
+
     cfg = TEMPLATES[wildcards.name]
     try:
         return tgeometry.expand_references(cfg["references"], cfg["mask_suffix"])

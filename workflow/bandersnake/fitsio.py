@@ -46,6 +46,45 @@ def image_hdu_index(hdul, preferred=0):
     return None
 
 
+@contextlib.contextmanager
+def open_image_hdu(path, extension=0, **open_kwargs):
+    """Open ``path`` and yield ``(hdul, index, header)`` of its 2-D image HDU.
+
+    ``header`` is a copy of the image HDU's header, with the primary header's cards merged in
+    when the image is an extension (.fz). Anything astropy raises while the file is open,
+    in the body too, becomes a :class:`FrameError` naming the file.
+
+    Parameters
+    ----------
+    path : str or Path
+    extension : int
+        Preferred HDU; the first 2-D image HDU is used if that one holds none.
+    **open_kwargs
+        Passed to :func:`astropy.io.fits.open` (``memmap=False, lazy_load_hdus=True`` unless given).
+    """
+    open_kwargs = {"memmap": False, "lazy_load_hdus": True, **open_kwargs}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (AstropyUserWarning, VerifyWarning))
+            with fits.open(local_path(path), **open_kwargs) as hdul:
+                idx = image_hdu_index(hdul, extension)
+                if idx is None:
+                    raise FrameError(path, "no 2-D image HDU")
+                # A copy only to merge the primary cards into (the header outlives the file anyway).
+                header = hdul[idx].header if idx == 0 else hdul[idx].header.copy()
+                if idx != 0:
+                    for card in hdul[0].header.cards:
+                        if card.keyword not in header and card.keyword not in ("SIMPLE", "EXTEND", "NAXIS", "BITPIX"):
+                            header.append(card)
+                yield hdul, idx, header
+    except FrameError:
+        raise
+    except FileNotFoundError:
+        raise FrameError(path, "file not found") from None
+    except Exception as err:  # astropy raises OSError/TypeError/ValueError for corrupt files
+        raise FrameError(path, f"unreadable FITS ({type(err).__name__}: {err})") from None
+
+
 def read_header(path, extension=0):
     """Read the header of the image HDU of ``path`` (merging the primary header for .fz).
 
@@ -54,25 +93,8 @@ def read_header(path, extension=0):
     FrameError
         When the file is missing, unreadable or holds no 2-D image.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (AstropyUserWarning, VerifyWarning))
-            with fits.open(local_path(path), memmap=False, lazy_load_hdus=True) as hdul:
-                idx = image_hdu_index(hdul, extension)
-                if idx is None:
-                    raise FrameError(path, "no 2-D image HDU")
-                header = hdul[idx].header.copy()
-                if idx != 0:
-                    for card in hdul[0].header.cards:
-                        if card.keyword not in header and card.keyword not in ("SIMPLE", "EXTEND", "NAXIS", "BITPIX"):
-                            header.append(card)
-                return header
-    except FrameError:
-        raise
-    except FileNotFoundError:
-        raise FrameError(path, "file not found") from None
-    except Exception as err:  # astropy raises OSError/TypeError/ValueError for corrupt files
-        raise FrameError(path, f"unreadable FITS ({type(err).__name__}: {err})") from None
+    with open_image_hdu(path, extension) as (_, _, header):
+        return header
 
 
 def read_image(path, extension=0, expected_shape=None, dtype=np.float32):

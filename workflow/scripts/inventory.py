@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from bandersnake.ingest import make_inventory
 from bandersnake.logs import log_to
 
@@ -10,4 +12,6 @@ with log_to(snakemake.log[0]):
         run=snakemake.params.run,
         discard_n_first_science=snakemake.params.discard,
         night=snakemake.wildcards.night,
+        # Not a product: per-file records a rerun reuses for files that did not change.
+        records_path=Path(snakemake.output.table).with_name("inventory_records.json"),
     )

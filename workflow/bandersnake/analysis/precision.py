@@ -138,10 +138,12 @@ def annulus_pixels(rin, rout):
 
 def chi_median_factor(n):
     """Median of s/sigma for ``n`` Gaussian samples (s with ddof=1): sqrt(median chi2_{n-1} / (n-1))."""
-    from scipy import stats  # imported here: scipy.stats costs ~0.9 s, the Snakefile imports this module
+    # chdtri(k, 0.5) is what scipy.stats.chi2.median(k) evaluates (ppf(0.5) = chdtri(k, 1 - 0.5)),
+    # without importing scipy.stats (0.38 s of every analysis job; scipy.special: 0.15 s).
+    from scipy.special import chdtri
 
     n = np.asarray(n, dtype=float)
-    return np.sqrt(stats.chi2.median(n - 1) / (n - 1))
+    return np.sqrt(chdtri(n - 1, 0.5) / (n - 1))
 
 
 def rolling_precision(time_d, values, window_min=10.0, min_points=4):

@@ -52,10 +52,10 @@ import numba
 import numpy as np
 
 from ..errors import ConfigError, FrameError
+from .stats import MAD_TO_SIGMA
 
 log = logging.getLogger(__name__)
 
-MAD_TO_SIGMA = 1.482602218505602  # 1 / Phi^-1(3/4), as astropy.stats.mad_std
 MB = 2**20
 # Bytes per pixel of one frame held while a loader works on it (raw read, float32 copy,
 # overscan/trim copy, arithmetic temporaries); a generous allowance measured with tracemalloc.

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from .combine import MAD_TO_SIGMA, load_stack
 from ..config import load_yaml, parse_night_id
 from ..errors import CalibrationMissing, ConfigError, FrameError
 from ..fitsio import read_image, write_fits
+from .stats import MAD_TO_SIGMA
 
 log = logging.getLogger(__name__)
 
@@ -1130,6 +1130,14 @@ def _neighbourhood_median(image, ys, xs, half):
     return np.median(values, axis=1)
 
 
+def load_stack(*args, **kwargs):
+    """:func:`bandersnake.calibration.combine.load_stack`, imported at the first call: numba comes
+    with it, which the bad-pixel map's job (no combine) does without (issue 22)."""
+    from .combine import load_stack as _load_stack
+
+    return _load_stack(*args, **kwargs)
+
+
 def local_flat(flat, box=16):
     """Local median of a flat: medians of ``box`` x ``box`` tiles, interpolated bilinearly.
 
@@ -1159,10 +1167,21 @@ def local_flat(flat, box=16):
     # the last tile may be partial); beyond the outer centres the edge tile value is kept.
     yy = np.interp(np.arange(ny), _tile_centres(ny, box), np.arange(ty))
     xx = np.interp(np.arange(nx), _tile_centres(nx, box), np.arange(tx))
-    coords = np.meshgrid(yy, xx, indexing="ij")
-    from scipy import ndimage  # here: only the jobs that call this (bad-pixel map) pay for scipy.ndimage
+    return _bilinear_on_grid(grid, yy, xx).astype(np.float32)
 
-    return ndimage.map_coordinates(grid, coords, order=1, mode="nearest").astype(np.float32)
+
+def _bilinear_on_grid(grid, yy, xx):
+    """``scipy.ndimage.map_coordinates(grid, meshgrid(yy, xx), order=1, mode="nearest")`` for
+    fractional indices inside the grid: separable, so numpy alone (no scipy.ndimage import)."""
+    ty, tx = grid.shape
+    y0 = np.clip(np.floor(yy).astype(np.intp), 0, ty - 1)
+    x0 = np.clip(np.floor(xx).astype(np.intp), 0, tx - 1)
+    y1, x1 = np.minimum(y0 + 1, ty - 1), np.minimum(x0 + 1, tx - 1)
+    wy, wx = (yy - y0)[:, None], (xx - x0)[None, :]
+    g = grid.astype(np.float64)
+    top = g[y0][:, x0] * (1.0 - wx) + g[y0][:, x1] * wx
+    bottom = g[y1][:, x0] * (1.0 - wx) + g[y1][:, x1] * wx
+    return top * (1.0 - wy) + bottom * wy
 
 
 def _tile_centres(n, box):

@@ -165,14 +165,14 @@ def near_bad(bad, grow, bad_index=None):
     computed around the (few) bad pixels rather than over the whole frame (~10 ms at 1k x 1k).
     ``bad_index``: ``np.flatnonzero(bad)`` when the caller has it.
     """
-    from scipy import ndimage
-
     near = np.zeros(bad.shape, bool)
     if bad_index is None:
         bad_index = np.flatnonzero(bad)
     if grow <= 0 or bad_index.size == 0:
         return near
     if bad_index.size * (2 * grow + 1) ** 2 > bad.size // 4:
+        from scipy import ndimage  # only here: 0.16 s of import the usual few bad pixels never need
+
         return ndimage.binary_dilation(bad, structure=np.ones((3, 3), bool), iterations=grow) & ~bad
     ny, nx = bad.shape
     ys, xs = np.divmod(bad_index, nx)

@@ -19,13 +19,13 @@ from astropy import units as u
 from astropy.table import Table
 from astropy.time import Time
 from astropy.io.fits.verify import VerifyWarning
-from astropy.utils import iers
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ..errors import BandersnakeError, FrameError
-from ..fitsio import atomic_path, is_raw_fits_name, read_header, write_text
+from ..fitsio import atomic_path, is_raw_fits_name, open_image_hdu, write_text
 from . import timing
-from .vetting import reject_duplicates, vet_pixels
+from .record_cache import file_identity, load_records, save_records, settings_digest
+from .vetting import reject_duplicates, vet_hdu
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +100,38 @@ def expected_data_bytes(header):
     return int(np.ceil(nbytes / 2880.0) * 2880)
 
 
-def check_complete(path, header):
+def check_complete(path, hdul, index, header):
     """Raise :class:`FrameError` if an uncompressed FITS file is shorter than its header implies.
 
     Compressed files (``.gz``, ``.fz``) are checked by decompressing the data instead.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    hdul : astropy.io.fits.HDUList
+        The file, open.
+    index : int
+        Its image HDU.
+    header : astropy.io.fits.Header
+        The image HDU's header.
     """
     lower = str(path).lower()
     if lower.endswith((".gz", ".fz")):
-        from ..fitsio import read_image
-
-        read_image(path)
+        np.asarray(hdul[index].data)  # raises on a truncated stream (-> FrameError by the caller)
         return
-    # Primary header length: 2880-byte blocks up to and including the END card.
-    header_bytes = int(np.ceil((len(header.tostring(sep="", endcard=True, padding=False))) / 2880.0) * 2880)
-    needed = header_bytes + expected_data_bytes(header)
+    # Where the data starts (after the header's 2880-byte blocks), from the open file.
+    needed = int(hdul.fileinfo(index)["datLoc"]) + expected_data_bytes(header)
     size = os.path.getsize(path)
     if size < needed:
         raise FrameError(path, f"truncated file ({size} bytes, header implies {needed})")
 
 
-def frame_record(path, instrument, expected_shape=None):
+def frame_record(path, instrument, expected_shape=None, check_pixels=False):
     """Inventory row for one raw file; problems become ``accepted=False`` with a reason.
+
+    The file is opened once: header checks, completeness and (``check_pixels``) the pixel
+    checks of :func:`bandersnake.ingest.vetting.vet_hdu` all read the same open file.
 
     Parameters
     ----------
@@ -130,6 +141,9 @@ def frame_record(path, instrument, expected_shape=None):
         Validated instrument configuration.
     expected_shape : tuple of int, optional
         ``(ny, nx)`` the night's frames must have.
+    check_pixels : bool
+        Read the pixels of a frame whose header passes: ``data_digest``, and rejection of
+        empty, NaN-filled and saturated frames.
 
     Returns
     -------
@@ -146,49 +160,52 @@ def frame_record(path, instrument, expected_shape=None):
         with contextlib.suppress(OSError):
             stat = os.stat(path)
             row["file_bytes"], row["file_mtime_ns"] = stat.st_size, stat.st_mtime_ns
-        header = read_header(path, instrument.get("image_extension", 0))
-        row["naxis1"], row["naxis2"] = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
-        frame_type, how = classify(header, row["file"], instrument)
-        row["type"] = frame_type
-        row["filter"] = sanitize_name(header.get(kw["filter"], "NONE")) if frame_type in ("flat", "science") else ""
-        if frame_type == "science":
-            row["target"] = sanitize_name(header.get(kw["object"], "UNKNOWN"))
-        if frame_type == "unknown":
-            raise FrameError(path, f"unknown frame type ({how}; no file-name pattern matched)")
-        if kw["exptime"] not in header:
-            raise FrameError(path, f"missing {kw['exptime']}")
-        exptime = float(header[kw["exptime"]])
-        if not np.isfinite(exptime) or exptime < 0:
-            raise FrameError(path, f"invalid {kw['exptime']}={header[kw['exptime']]!r}")
-        row["exptime"] = exptime
-        found = timing.frame_time(header, instrument, exptime)
-        if found is None:
-            raise FrameError(path, timing.time_problem(header, instrument))
-        row["jd_mid_utc"] = found.jd_mid
-        row["date_obs"] = Time(found.jd_mid - 0.5 * exptime / 86400.0, format="jd", scale="utc").isot
-        row["time_source"] = found.source
-        row["time_warning"] = "; ".join(found.warnings)
-        for warning in found.warnings:     # counted once per night by summarize()
-            log.debug("%s: %s", row["file"], warning)
-        shape = (row["naxis2"], row["naxis1"])
-        if header.get("NAXIS", 2) != 2 and not str(path).lower().endswith(".fz"):
-            raise FrameError(path, f"NAXIS={header.get('NAXIS')} (expected a 2-D image)")
-        if expected_shape is not None and shape != tuple(expected_shape):
-            raise FrameError(path, f"shape {shape} differs from the instrument's {tuple(expected_shape)}")
-        check_complete(path, header)
+        with open_image_hdu(path, instrument.get("image_extension", 0),
+                            do_not_scale_image_data=True) as (hdul, index, header):
+            row["naxis1"], row["naxis2"] = int(header.get("NAXIS1", 0)), int(header.get("NAXIS2", 0))
+            frame_type, how = classify(header, row["file"], instrument)
+            row["type"] = frame_type
+            row["filter"] = sanitize_name(header.get(kw["filter"], "NONE")) if frame_type in ("flat", "science") else ""
+            if frame_type == "science":
+                row["target"] = sanitize_name(header.get(kw["object"], "UNKNOWN"))
+            if frame_type == "unknown":
+                raise FrameError(path, f"unknown frame type ({how}; no file-name pattern matched)")
+            if kw["exptime"] not in header:
+                raise FrameError(path, f"missing {kw['exptime']}")
+            exptime = float(header[kw["exptime"]])
+            if not np.isfinite(exptime) or exptime < 0:
+                raise FrameError(path, f"invalid {kw['exptime']}={header[kw['exptime']]!r}")
+            row["exptime"] = exptime
+            found = timing.frame_time(header, instrument, exptime)
+            if found is None:
+                raise FrameError(path, timing.time_problem(header, instrument))
+            row["jd_mid_utc"] = found.jd_mid
+            row["date_obs"] = Time(found.jd_mid - 0.5 * exptime / 86400.0, format="jd", scale="utc").isot
+            row["time_source"] = found.source
+            row["time_warning"] = "; ".join(found.warnings)
+            for warning in found.warnings:     # counted once per night by summarize()
+                log.debug("%s: %s", row["file"], warning)
+            shape = (row["naxis2"], row["naxis1"])
+            if header.get("NAXIS", 2) != 2 and not str(path).lower().endswith(".fz"):
+                raise FrameError(path, f"NAXIS={header.get('NAXIS')} (expected a 2-D image)")
+            if expected_shape is not None and shape != tuple(expected_shape):
+                raise FrameError(path, f"shape {shape} differs from the instrument's {tuple(expected_shape)}")
+            check_complete(path, hdul, index, header)
+            if check_pixels:
+                row["data_digest"] = vet_hdu(hdul[index], path, instrument)
         row["accepted"] = True
     except FrameError as err:
         row["reason"] = err.reason
     return row
 
 
-def _contained_record(path, instrument, expected_shape):
+def _contained_record(path, instrument, expected_shape, check_pixels=False):
     """:func:`frame_record`, with anything unexpected a rejection: one bad file never stops a night."""
     try:
         with warnings.catch_warnings():
             # Damaged headers make astropy warn card by card; the frame's reason says it once.
             warnings.simplefilter("ignore", (VerifyWarning, AstropyUserWarning))
-            row = frame_record(path, instrument, expected_shape)
+            row = frame_record(path, instrument, expected_shape, check_pixels)
     except Exception as err:  # a header astropy parses into something no check foresaw
         # The columns of a row for a file that cannot be read at all, then this file's names.
         row = frame_record(os.path.join(os.sep, "nonexistent-bandersnake-dir", "x.fits"), instrument)
@@ -219,22 +236,22 @@ def sun_sessions(jd_utc, site):
         return out
     # astropy.coordinates only here: the Snakefile imports this module at every start (issue 22).
     from astropy.coordinates import get_sun
-    from astropy.utils import iers
-
-    # Offline operation: never try to download IERS tables; the bundled ones suffice for the
-    # ~1 s accuracy a dusk/dawn split needs.
-    iers.conf.auto_download = False
+    # UT1 = UTC: |UT1 - UTC| < 0.9 s moves the hour angle by < 0.9 s of time, nothing for a split
+    # at local noon, and reading the IERS tables for it cost ~1 s of every inventory job.
     times = Time(jd_utc[ok], format="jd", scale="utc")
+    times.delta_ut1_utc = np.zeros(times.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lst = times.sidereal_time("apparent", longitude=site["longitude_deg"] * u.deg)
+        # Greenwich sidereal time without the TIO locator (no polar motion, so no IERS table:
+        # arcseconds, nothing for this split), plus the site's longitude.
+        lst = times.sidereal_time("apparent", longitude="greenwich") + site["longitude_deg"] * u.deg
         sun = get_sun(times)
     hour_angle = (lst - sun.ra).wrap_at(24 * u.hourangle).hour
     out[ok] = np.where(hour_angle < 12.0, "dusk", "dawn")
     return out
 
 
-def build_inventory(paths, instrument, discard_n_first_science=0, check_pixels=True):
+def build_inventory(paths, instrument, discard_n_first_science=0, check_pixels=True, records_path=None):
     """Inventory table of a night's raw files.
 
     Parameters
@@ -249,15 +266,30 @@ def build_inventory(paths, instrument, discard_n_first_science=0, check_pixels=T
     check_pixels : bool
         Read every header-accepted frame's pixels (:mod:`bandersnake.ingest.vetting`: empty,
         NaN-filled, saturated and duplicate frames). Off only for header-only test trees.
+    records_path : str or Path, optional
+        Where the per-file records are kept between runs
+        (:mod:`bandersnake.ingest.record_cache`): files unchanged since are not read again.
 
     Returns
     -------
     astropy.table.Table
     """
     shape = instrument.get("shape")
-    rows = [_contained_record(p, instrument, shape) for p in paths]
-    if check_pixels:
-        rows = [vet_pixels(row, instrument) for row in rows]
+    settings = settings_digest(instrument, shape, check_pixels)
+    kept = load_records(records_path, settings)
+    records, rows = {}, []
+    for path in map(str, paths):
+        identity = file_identity(path)
+        old = kept.get(path)
+        fresh = old is None or identity is None or old[0] != identity
+        row = _contained_record(path, instrument, shape, check_pixels) if fresh else dict(old[1])
+        records[path] = (identity, dict(row))  # as recorded: the night-wide checks below modify rows
+        rows.append(row)
+    if records_path is not None:
+        n_kept = sum(1 for path, (identity, _) in records.items() if path in kept and kept[path][0] == identity)
+        log.info("inventory: %d of %d files unchanged since the last run (records kept), %d read",
+                 n_kept, len(rows), len(rows) - n_kept)
+        save_records(records_path, settings, records)
     if shape is None:
         # No fixed shape: the most common shape of accepted frames is the night's.
         shapes = [(r["naxis2"], r["naxis1"]) for r in rows if r["accepted"]]
@@ -357,8 +389,11 @@ def time_lines(table):
     return lines
 
 
-def make_inventory(paths, instrument, out_table, lists_dir, run="1", discard_n_first_science=0, night=""):
+def make_inventory(paths, instrument, out_table, lists_dir, run="1", discard_n_first_science=0, night="",
+                   records_path=None):
     """Build, check and write a night's inventory and ``.list`` files.
+
+    ``records_path``: see :func:`build_inventory` (the workflow keeps them beside the inventory).
 
     Raises
     ------
@@ -367,7 +402,7 @@ def make_inventory(paths, instrument, out_table, lists_dir, run="1", discard_n_f
     """
     if not paths:
         raise BandersnakeError(f"night {night}: no raw frames (.fits, .fits.gz, .fits.fz) were found")
-    table = build_inventory(paths, instrument, discard_n_first_science)
+    table = build_inventory(paths, instrument, discard_n_first_science, records_path=records_path)
     for line in summarize(table):
         (log.warning if line.startswith("time warning") else log.info)("%s", line)
     with atomic_path(out_table) as tmp:

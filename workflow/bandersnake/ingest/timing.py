@@ -20,8 +20,12 @@
 
 import logging
 import math
+import os
+import pickle
 import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +39,45 @@ def offline_iers():
     iers.conf.auto_download = False
     iers.conf.auto_max_age = None
     iers.conf.iers_degraded_accuracy = "warn"
+    _use_kept_iers_table()
+
+
+_IERS_READY = []
+
+
+def _use_kept_iers_table():
+    """Load astropy's combined IERS-A/B table from a pickle kept in the user cache.
+
+    astropy parses its bundled IERS text tables at their first use in every process: 0.5 s of
+    each job that computes BJD or airmass (issue 22). The parsed table (the same object astropy
+    builds, so the same numbers) is kept per astropy and astropy-iers-data version in
+    ``$XDG_CACHE_HOME/bandersnake`` (default ``~/.cache``) and set as the process's
+    ``earth_orientation_table``; it unpickles in ~10 ms. Anything going wrong leaves astropy to
+    read its tables as usual.
+    """
+    if _IERS_READY:
+        return
+    _IERS_READY.append(True)
+    try:
+        import astropy
+        import astropy_iers_data
+        from astropy.utils import iers
+
+        cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bandersnake"
+        kept = cache_dir / f"iers-astropy{astropy.__version__}-data{astropy_iers_data.__version__}.pickle"
+        if kept.exists():
+            with open(kept, "rb") as fh:
+                table = pickle.load(fh)
+        else:
+            table = iers.IERS_Auto.open()
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+            with os.fdopen(fd, "wb") as fh:
+                pickle.dump(table, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, kept)  # atomic: jobs running side by side never read half a file
+        iers.earth_orientation_table.set(table)
+    except Exception as err:  # a read-only home, a damaged pickle: astropy's own loading
+        log.debug("kept IERS table not used (%s: %s)", type(err).__name__, err)
 
 
 def _kw(instrument, name, default):

@@ -9,6 +9,6 @@ from .._lazy import lazy_exports
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "resolve_for_rule": ".place",
     "resolve_sky_target": ".place",
-    "needs_placement": ".place",
+    "needs_placement": ".entries",
     "write_resolved": ".place",
 })

@@ -39,16 +39,12 @@ from scipy.spatial import cKDTree
 
 from ..errors import ConfigError, FrameError
 from ..fitsio import write_text
+from .entries import needs_placement
 
 log = logging.getLogger(__name__)
 
 DEFAULTS = dict(n_comparisons=8, flux_ratio_range=(0.25, 4.0), max_peak_fraction=0.8, isolation_flux_ratio=0.1,
                 edge_margin_px=2.0, snap_px=4.0, fwhm_px=3.0, nsigma=5.0, max_sources=400)
-
-
-def needs_placement(entry):
-    """True when a targets.yaml entry has no pixel positions (it gives the stars on the sky)."""
-    return isinstance(entry, dict) and "all_star_positions" not in entry
 
 
 def sky_position(entry, jd=None):

@@ -123,9 +123,12 @@ def night_summary(night, products, out, without_positions=()):
     if analyses or fits_:
         lines += (["Light-curve analysis"] + ["  " + describe_analysis(p) for p in analyses]
                   + ["  " + describe_transit(p) for p in fits_] + [""])
-    from ..calibration.frames import describe_products
+    frame_products = []
+    # calibration.frames pulls in numba and the photometry code (0.26 s): only when it has lines to give.
+    if any(Path(p).name in ("calibrated", "kbmod", "astrometry_summary.ecsv") for p in products):
+        from ..calibration.frames import describe_products
 
-    frame_products = describe_products(products)
+        frame_products = describe_products(products)
     if frame_products:
         lines += ["Calibrated frames, astrometry, KBMOD"] + ["  " + s for s in frame_products] + [""]
     stacks = [p for p in products if str(p).endswith("_stk.fits")]

@@ -11,7 +11,6 @@ import math
 import re
 
 import numpy as np
-from scipy import sparse
 
 
 def offset_margin(offsets, extra=1):
@@ -47,6 +46,9 @@ def overlap_weights(n_out, n_super, k, start, shift):
         rows.append(np.full(keep.sum(), i))
         cols.append(u[keep])
         vals.append(w[keep])
+    # scipy here only: the Snakefile imports offset_tag at every start (issue 22).
+    from scipy import sparse
+
     return sparse.csr_matrix(
         (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n_out, n_super)
     )
