@@ -77,7 +77,7 @@ def background(sci, mask, box_px=64):
                              bkg_estimator=MedianBackground(), exclude_percentile=70)
         data = np.where(bad, 0, sci - first.background)
         kernel = make_2dgaussian_kernel(2.0, size=5)
-        seg = detect_sources(convolve(data, kernel), 2.0 * first.background_rms, npixels=5, mask=bad)
+        seg = detect_sources(convolve(data, kernel), 2.0 * first.background_rms, 5, mask=bad)  # npixels (photutils 2) = n_pixels (3)
         src = seg.make_source_mask(footprint=np.ones((5, 5), bool)) if seg is not None else np.zeros_like(bad)
         final = Background2D(np.where(bad, 0, sci), box, mask=bad | src, filter_size=3, sigma_clip=SigmaClip(3.0),
                              bkg_estimator=MedianBackground(), exclude_percentile=70)

@@ -63,8 +63,13 @@ def _isolated_stars(data, region, fwhm_px, n_max=200, snr_min=50.0, saturation=N
 
 
 def _gauss_model(params, shape, sub=5):
-    """Pixel-integrated elliptical Gaussian (+ constant) on a stamp (sub x sub samples per pixel)."""
-    flux, x0, y0, cxx, cyy, cxy, b = params
+    """Pixel-integrated elliptical Gaussian (+ constant) on a stamp (sub x sub samples per pixel).
+
+    The covariance is ``cxx``, ``cyy`` and the correlation ``rho`` (``cxy = rho sqrt(cxx cyy)``), so
+    every parameter set within the bounds (|rho| < 1) is a valid Gaussian.
+    """
+    flux, x0, y0, cxx, cyy, rho, b = params
+    cxy = rho * np.sqrt(cxx * cyy)
     ny, nx = shape
     o = (np.arange(sub) + 0.5) / sub - 0.5
     ys = (np.arange(ny)[:, None] + o[None, :]).ravel()
@@ -86,10 +91,11 @@ def _fit_star(stamp, fwhm_px):
     s2 = (fwhm_px / 2.3548) ** 2
     b0 = float(np.median(np.concatenate([stamp[0], stamp[-1], stamp[:, 0], stamp[:, -1]])))
     p0 = [float(stamp.sum() - b0 * stamp.size), (nx - 1) / 2, (ny - 1) / 2, s2, s2, 0.0, b0]
-    lo = [0, 0, 0, 0.01, 0.01, -np.inf, -np.inf]
-    hi = [np.inf, nx - 1, ny - 1, 100, 100, np.inf, np.inf]
+    lo = [0, 0, 0, 0.01, 0.01, -0.95, -np.inf]
+    hi = [np.inf, nx - 1, ny - 1, 100, 100, 0.95, np.inf]
     res = least_squares(lambda p: (_gauss_model(p, stamp.shape) - stamp).ravel(), p0, bounds=(lo, hi), x_scale="jac")
-    cxx, cyy, cxy = res.x[3:6]
+    cxx, cyy, rho = res.x[3:6]
+    cxy = rho * math.sqrt(cxx * cyy)
     if not res.success or cxx * cyy - cxy**2 <= 0:
         return None
     return cxx, cyy, cxy
