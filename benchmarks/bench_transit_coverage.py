@@ -2,8 +2,9 @@
 
 Each case draws a transit (P 1.5-6 d, stellar density 0.8-2 g/cm^3, Rp/R* 0.07-0.15, b 0-0.9,
 limb darkening of a 5000-6500 K star in z with the truth 0.05 off the table per coefficient), an
-observing window of 2.5-5 h that starts between half a duration after first contact (a partial
-transit: no ingress) and an hour before it (so some windows also miss the egress), 60-s frames
+observing window of 2.5-5 h planned from the predicted T0 and duration (off by ~10 min and ~10 %):
+it starts between half a predicted duration after the predicted first contact (a partial transit: no
+ingress) and an hour before it (so some windows also miss the egress), 60-s frames
 (50-s exposures), a baseline slope, white noise of 1-3 ppt and red noise (Ornstein-Uhlenbeck,
 5-30 min, 0-0.4 of the white level). The fit gets what an observer has: the period, a predicted
 T0 off by ~10 min, a duration guess off by ~10 %, a stellar density measured to 10 %, the table's
@@ -28,8 +29,9 @@ from bandersnake.transitfit.limbdark import table_coefficients
 from bandersnake.transitfit.model import a_rs_from_density, duration_from_orbit
 
 
-def draw_case(seed, b=None, red=True):
-    """Truth, light curve and fit settings of one simulated night."""
+def draw_case(seed, b=None, red=True, noise_seed=None):
+    """Truth, light curve and fit settings of one simulated night (``noise_seed``: another noise
+    realisation of the same night, for diagnostics)."""
     rng = np.random.default_rng(seed)
     period = rng.uniform(1.5, 6.0)
     rho = rng.uniform(0.8, 2.0)
@@ -41,16 +43,22 @@ def draw_case(seed, b=None, red=True):
     u1, u2 = u1c + 0.05 * rng.standard_normal(), u2c + 0.05 * rng.standard_normal()
     t14 = duration_from_orbit(period, k, b, a_rs)
     t0 = 2460000.0 + rng.uniform(0.3, 0.7)
-    start = t0 - t14 / 2 - rng.uniform(-0.5 * t14, 1 / 24)
+    # What the observer has: a predicted mid-time (off by ~10 min) and duration (~10 %). The night is
+    # planned from these, not from the truth: a window placed on the true t0 would tell where the
+    # truth lies (it never starts after the true mid-time), information the fit does not use.
+    t0_pred = t0 + rng.normal(0, 10 / 1440)
+    t14_pred = t14 * (1 + 0.1 * rng.standard_normal())
+    start = t0_pred - t14_pred / 2 - rng.uniform(-0.5 * t14_pred, 1 / 24)
     length = rng.uniform(2.5, 5.0) / 24
     t = np.arange(start, start + length, 60 / 86400)
     sw = rng.uniform(1e-3, 3e-3)
     sr = rng.uniform(0.0, 0.4) * sw if red else 0.0
     tau = rng.uniform(5, 30) / 1440
     flux, _ = simulate_transit_lc(t, t0, period, k, a_rs, b, u1, u2, exptime_s=50.0, sigma_white=sw,
-                                  sigma_red=sr, tau_red_d=tau, slope=rng.normal(0, 0.01), rng=rng)
+                                  sigma_red=sr, tau_red_d=tau, slope=rng.normal(0, 0.01),
+                                  rng=rng if noise_seed is None else np.random.default_rng(noise_seed))
     rho_obs = rho * (1 + 0.1 * rng.standard_normal())
-    settings = dict(t0=t0 + rng.normal(0, 10 / 1440), period=period, duration=t14 * (1 + 0.1 * rng.standard_normal()),
+    settings = dict(t0=t0_pred, period=period, duration=t14_pred,
                     window=[t0 - 0.1, t0 + 0.1], stellar_density=rho_obs, stellar_density_err=0.1 * rho_obs,
                     baseline_order=1, seed=seed)
     settings["window"] = [settings["t0"] - 1.5 / 24, settings["t0"] + 1.5 / 24]
@@ -60,13 +68,23 @@ def draw_case(seed, b=None, red=True):
     return t, flux, np.full(len(t), sw), settings, ld, truth
 
 
-def run_case(seed, b=None, red=True):
+def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False):
     t, flux, err, settings, ld, truth = draw_case(seed, b, red)
+    if prior_as_population:   # diagnostic: the fit's priors of b and limb darkening = the simulator's spread
+        settings["b_max"] = 0.9
+        ld["sigma"] = 0.05
+    if noise:
+        settings["noise"] = noise
+    if kernel:
+        settings["gp_kernel"] = kernel
     t1 = time.process_time()
     res = fit_night(t, flux, err, settings, exptime_s=50.0, ld=ld)
     cpu = time.process_time() - t1
     out = dict(seed=seed, cpu_s=cpu, converged=res["chain"]["converged"], steps=res["chain"]["n_steps"],
-               beta=res["noise"]["beta"], **{f"true_{k}": v for k, v in truth.items()})
+               beta=res["noise"]["beta"], noise=res["noise"]["model"], **{f"true_{k}": v for k, v in truth.items()})
+    if "gp" in res["noise"]:
+        out["gp_h"] = res["noise"]["gp"]["h"]["median"]
+        out["gp_tau_min"] = res["noise"]["gp"]["tau_min"]["median"]
     for name in ("t0", "rp_rs_sq"):
         s = res["t0"] if name == "t0" else res["parameters"][name]
         v = truth[name]
@@ -102,6 +120,11 @@ def main(argv=None):
     ap.add_argument("--first-seed", type=int, default=1000)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--b", type=float, default=None, help="fix the true impact parameter (e.g. 0)")
+    ap.add_argument("--noise", default=None, help="noise model (gp, beta, white); default the fit's")
+    ap.add_argument("--kernel", default=None, help="GP kernel (matern32, exp); default the fit's")
+    ap.add_argument("--no-red", action="store_true", help="white noise only")
+    ap.add_argument("--prior-as-population", action="store_true",
+                    help="diagnostic: fit with b < 0.9 and limb-darkening priors of width 0.05, the simulator's spread")
     ap.add_argument("--json", default=None, help="write the per-case rows here (one JSON object per line, as they end)")
     ap.add_argument("--report", default=None, help="only summarise the rows of an earlier --json file")
     args = ap.parse_args(argv)
@@ -114,7 +137,7 @@ def main(argv=None):
     rows = []
     out = open(args.json, "a") if args.json else None
     with Pool(args.jobs) as pool:
-        for row in pool.imap_unordered(_run, [(s, args.b) for s in seeds]):
+        for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population) for s in seeds]):
             rows.append(row)
             if out:
                 out.write(json.dumps(row) + "\n")

@@ -1,5 +1,5 @@
 rule transit_fit:
-    """Transit fit of the best aperture (batman model, emcee posterior, red noise by beta), for
+    """Transit fit of the best aperture (batman model, emcee posterior, red noise as a GP), for
     targets whose analysis_settings.transit entry gives an ephemeris (t0, period) or a window.
     """
     input:

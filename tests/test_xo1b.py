@@ -92,8 +92,10 @@ def test_transit_fit_places_ingress(xo1):
     Figures of the reference run: see the issue 19 notes (BENCHMARKS.md)."""
     fit = yaml.safe_load((xo1["base"] / "transit" / "transit_fit.yaml").read_text())
     assert fit["success"], fit["message"]
-    # reference run: T0 2460828.72558 +0.00621 -0.00407, T14 3.12 h, rp_rs_sq 42.0 +26.6 -20.3 ppt
-    # (95 %: 11.2-96.1 ppt), b 0.29 +0.20 -0.19, beta 1.97; first contact at 2460828.6605
+    # reference run (GP noise model, BENCHMARKS.md issue 19): T0 2460828.72733 +0.00525 -0.00385,
+    # T14 3.16 h, rp_rs_sq 46.0 +24.3 -18.5 ppt (95 %: 16.2-103 ppt), b 0.27 +0.18 -0.17, red noise
+    # 3.7 ppt on 9 min; first contact at 2460828.6615 (beta model: T0 2460828.72558, 95 % of rp_rs_sq
+    # 11.2-96.1 ppt)
     ingress_start = fit["t0"]["median"] - fit["t14"]["median"] / 2
     assert 2460828.64 < ingress_start < 2460828.70, ingress_start
     assert 2460828.70 < fit["t0"]["median"] < 2460828.80

@@ -8,7 +8,8 @@ Quantities reported (medians and percentiles of the posterior, see :func:`~.samp
 ``rp_rs``, ``b``, ``t14`` (d), ``a_rs``, ``inc_deg`` and ``stellar_density`` (g/cm^3, with a
 period), ``u1``, ``u2``, ``max_flux_drop`` (the deepest fractional loss of light of the model,
 limb darkening included: not the depth), the baseline and detrending coefficients, plus the noise
-(white scale, beta, rms) and the chain (steps, walkers, autocorrelation times).
+(white scale, beta, rms; with the GP its ratio, time scale and amplitude) and the chain (steps,
+walkers, autocorrelation times).
 """
 
 import logging
@@ -18,13 +19,13 @@ import numpy as np
 
 from ..analysis.transit import box_search  # the start values of the old least-squares fit
 from .model import TransitModel, ingress_duration, stellar_density
-from .posterior import RP_RS_SQ_MAX, T14_MIN_D, NightData, Posterior, design_matrix
+from .posterior import GP_LOG10_H, RP_RS_SQ_MAX, T14_MIN_D, NightData, Posterior, design_matrix
 from .sampler import best_fit, run_mcmc, set_noise, summarize
 
 log = logging.getLogger("bandersnake.transitfit")
 
 DEFAULTS = dict(b_max=None, baseline_order=1, detrend=[], supersample_s=None, n_tau=40, max_steps=20000,
-                seed=0, ld_sigma=None)
+                seed=0, ld_sigma=None, noise="gp", gp_kernel="matern32")
 
 
 def prepare_night(name, t, flux, err, settings, regressors=None, exptime_s=None):
@@ -106,6 +107,33 @@ def start_vectors(post, starts):
     return vecs
 
 
+def best_gp_start(post, x_white):
+    """Start of the GP chain: the white-noise best fit of the transit with, per night, the best GP
+    ratio and time scale for that transit (a grid, then Nelder-Mead on the two numbers). The
+    walkers spread from there; a full optimisation of every parameter cost 3 s and did not change
+    the chain's result (its burn-in is discarded)."""
+    from scipy.optimize import minimize
+
+    x = np.concatenate([x_white, np.zeros(2 * post.n_nights)])
+    par = post.unpack(x)
+    for i, night in enumerate(post.nights):
+        tr = post.transit(par, i)
+        lo, hi = night.info["gp"]["log_tau_range"]
+
+        def neg(v, tr=tr, lo=lo, hi=hi, night=night):
+            lh, lt = v
+            if not (GP_LOG10_H[0] <= lh <= GP_LOG10_H[1] and lo <= lt <= hi):
+                return 1e300
+            sol = post.gp_solve(night, tr, 10.0 ** lh, 10.0 ** lt / 1440.0)
+            return -(sol[0] + lh * math.log(10.0)) if sol is not None else 1e300
+
+        grid = [(lh, lt) for lh in (-1.0, -0.4, 0.0) for lt in np.linspace(lo + 0.1, hi - 0.1, 4)]
+        v0 = min(grid, key=neg)
+        res = minimize(neg, v0, method="Nelder-Mead", options=dict(maxiter=200, xatol=1e-3, fatol=1e-3))
+        x[post.n_shape + 2 * i: post.n_shape + 2 * i + 2] = res.x if res.fun < neg(v0) else v0
+    return x
+
+
 def derived(post, samples):
     """Arrays of every reported quantity from the posterior samples (thinned chain)."""
     out = {name: [] for name in ("rp_rs_sq", "rp_rs", "b", "t14", "u1", "u2", "a_rs", "inc_deg",
@@ -165,10 +193,16 @@ def fit_transits(nights, starts, settings, ld):
         density = (float(s["stellar_density"]), float(s.get("stellar_density_err") or 0.1 * s["stellar_density"]))
         if not s.get("period"):
             log.warning("stellar_density given without a period: the density prior is not used")
-    post = Posterior(nights, period=s.get("period"), b_fixed=s.get("b"), b_max=s.get("b_max"), ld=ld,
-                     density=density)
+    noise = s.get("noise") or "gp"
+    common = dict(period=s.get("period"), b_fixed=s.get("b"), b_max=s.get("b_max"), ld=ld, density=density)
+    # best fit under white noise first: the start of every noise model, and the residuals whose
+    # white scale and beta are reported (and used by the beta and white models)
+    post = Posterior(nights, noise="white" if noise == "white" else "beta", **common)
     x_best, _ = best_fit(post, start_vectors(post, starts))
-    set_noise(post, x_best)
+    set_noise(post, x_best, beta=noise != "white")
+    if noise == "gp":
+        post = Posterior(nights, noise="gp", kernel=s.get("gp_kernel") or "matern32", **common)
+        x_best = best_gp_start(post, x_best)
     chain = run_mcmc(post, x_best, seed=int(s["seed"]), n_tau=float(s["n_tau"]), max_steps=int(s["max_steps"]))
     samples = chain.pop("samples")
     log_prob = chain.pop("log_prob")
@@ -185,29 +219,62 @@ def fit_transits(nights, starts, settings, ld):
     if post.b_fixed is None:
         params["b"]["upper_95"] = float(np.percentile(values["b"], 95))
     t0_summ = [summarize(v, UNITS["t0"]) for v in t0s]
-    # Baseline coefficients: conditional Gaussian draws for a subset of the samples.
+    # Baseline coefficients: conditional Gaussian draws for a subset of the samples (with the GP,
+    # also the white scale's conditional estimate and so the red noise's amplitude).
     rng = np.random.default_rng(int(s["seed"]) + 1)
     pick = rng.choice(len(samples), size=min(len(samples), 1000), replace=False)
-    baseline = []
+    baseline, gp_summaries = [], []
     for i, night in enumerate(nights):
-        draws = []
+        draws, scale, gp_sigma = [], [], []
         for j in pick:
-            _, _, c, cov = post.best_baseline(post.unpack(samples[j]), i)
+            par = post.unpack(samples[j])
+            if post.noise == "gp":
+                h, tau = par["gp"][i]
+                tr = post.transit(par, i)
+                _, c, finv, s2 = post.gp_solve(night, tr, h, tau)
+                cov = s2 * finv
+                scale.append(math.sqrt(s2))
+                gp_sigma.append(math.sqrt(s2) * h * night.info["gp"]["err_ref"])
+            else:
+                _, _, c, cov = post.best_baseline(par, i)
             draws.append(rng.multivariate_normal(c, cov))
         draws = np.array(draws)
         baseline.append({name: summarize(draws[:, m], "relative flux per unit regressor")
                          for m, name in enumerate(night.lin_names)})
+        if post.noise == "gp":
+            col = post.n_shape + 2 * i
+            gp_summaries.append({"kernel": post.kernel,
+                                 "h": summarize(10 ** samples[:, col], "red-noise sigma / (white scale x median error)"),
+                                 "tau_min": summarize(10 ** samples[:, col + 1], "min"),
+                                 "sigma": summarize(gp_sigma, "relative flux"),
+                                 "white_scale": summarize(scale, "")})
     # Median-parameter model for plots and residual statistics.
     med = samples[np.argmax(log_prob)] if len(samples) else x_best
     par_med = post.unpack(np.median(samples, axis=0) if len(samples) else x_best)
     best = []
     for i, night in enumerate(nights):
-        tr, base, _, _ = post.best_baseline(par_med, i)
-        best.append({"t": night.t, "flux": night.flux, "err": night.err * night.noise_factor, "transit": tr,
-                     "baseline": base, "model": tr * base})
-    noise = [{"white_scale": n.info["white_scale"], "beta": n.info["beta"], "rms": n.info["rms"],
-              "n_points": int(len(n.t)), "supersample": n.info.get("supersample", 1),
-              "exptime_s": n.info.get("exptime_s")} for n in nights]
+        tr, base, _, cov = post.best_baseline(par_med, i)
+        row = {"t": night.t, "flux": night.flux, "err": night.err * night.noise_factor, "err_in": night.err,
+               "transit": tr, "baseline": base, "model": tr * base}
+        if post.noise == "gp":
+            from .gp import predict
+
+            h, tau = par_med["gp"][i]
+            g = night.info["gp"]
+            s2 = post.gp_solve(night, tr, h, tau)[3]
+            row["err"] = night.err * math.sqrt(s2)
+            row["red_noise"] = predict(post.kernel, g["t"], g["err2"] * s2, night.flux - tr * base,
+                                       s2 * (h * g["err_ref"]) ** 2, tau)
+        best.append(row)
+    noise = []
+    for i, n in enumerate(nights):
+        row = {"model": post.noise, "white_scale": n.info["white_scale"], "beta": n.info["beta"],
+               "rms": n.info["rms"], "n_points": int(len(n.t)), "supersample": n.info.get("supersample", 1),
+               "exptime_s": n.info.get("exptime_s")}
+        if post.noise == "gp":
+            row["white_scale"] = gp_summaries[i]["white_scale"]["median"]
+            row["gp"] = gp_summaries[i]
+        noise.append(row)
     chain["max_log_prob_vector"] = [float(v) for v in med]
     return {"parameters": params, "t0": t0_summ, "samples": {**values, "t0": t0s}, "chain": chain,
             "noise": noise, "baseline": baseline, "best": best, "names": post.names, "density_prior": density,

@@ -105,7 +105,7 @@ def write_lc_table(inputs, res, settings, path, night="", target=""):
     t = Table()
     t["BJD_TDB"] = best["t"]
     t["flux"] = best["flux"]
-    t["flux_err"] = best["err"] / max(res["noise"]["white_scale"] * res["noise"]["beta"], 1e-300)
+    t["flux_err"] = best["err_in"]          # the errors as given: each fit scales them itself
     mask = np.isin(inputs["t"], best["t"])
     for name, v in inputs["regressors"].items():
         t[name] = np.asarray(v)[mask]

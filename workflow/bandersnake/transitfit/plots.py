@@ -42,6 +42,10 @@ def plot_night_fit(res, out_png, title="Transit fit", bin_min=10.0):
     tb, rb, eb = bin_series(t, resid, bin_min)
     axr.errorbar(tb - t0, rb, eb, fmt="o", ms=3, color="k")
     axr.axhline(0, color="tab:red", lw=1)
+    if best.get("red_noise") is not None:
+        axr.plot(t[order] - t0, best["red_noise"][order], "-", color="tab:blue", lw=1,
+                 label="red noise (GP mean, posterior median)")
+        axr.legend(fontsize=7, loc="lower left")
     axr.set_ylabel("residual")
     axr.set_xlabel(f"BJD_TDB - {t0:.1f} (d)")
     return _save(fig, out_png)

@@ -22,6 +22,14 @@ Baseline and detrending: each night's flux is ``transit(t) * (X c)``, X the colu
 analytically under a flat prior (the Gaussian integral: best c for the given transit, plus
 -1/2 ln det of its Fisher matrix); their posterior is drawn afterwards, for each kept sample, from
 the conditional Gaussian. This leaves only the transit parameters to the sampler.
+
+Noise (``noise``): ``white`` and ``beta`` multiply the frame errors by a factor fixed at the best
+fit (the white scale, and for ``beta`` the red-noise factor of :mod:`.noise`); ``gp`` adds per
+night a Gaussian process (:mod:`.gp`: Matern-3/2 or exponential kernel, celerite2) whose
+red-to-white ratio h (uniform in [0.01, 5], sampled as ``gp_log10_h`` with the Jacobian: a
+posterior piled against h = 0 is a smooth bump in log h, which the ensemble moves mix 2x faster)
+and time scale ``gp_log10_tau_min`` (log10 of minutes, uniform between two frame intervals and the
+night's span) are sampled with the transit, the white scale being integrated out analytically.
 """
 
 import math
@@ -35,6 +43,11 @@ T14_MIN_D = 5.0 / 1440.0
 T14_MAX_D = 0.5
 RP_RS_SQ_MAX = 0.25
 RHO_RANGE = (0.01, 100.0)     # g/cm^3: from giants to late M dwarfs
+NOISE_MODELS = ("gp", "beta", "white")
+# Red noise up to 5 times the white level: beyond any night worth fitting, and a bound far from
+# the ratios light curves show (0-1), so the uniform prior does not push the ratio down.
+GP_H_MAX = 5.0
+GP_LOG10_H = (-2.0, math.log10(GP_H_MAX))   # h below 0.01: no red noise worth the name
 
 
 @dataclass
@@ -71,6 +84,17 @@ class NightData:
     tref: float
     noise_factor: float = 1.0
     info: dict = field(default_factory=dict)
+
+    def gp_setup(self):
+        """Arrays of the GP likelihood: times from the first frame, squared errors, reference error,
+        and the bounds (log10 min) of the time scale: two median frame intervals to the span."""
+        t_gp = np.ascontiguousarray(self.t - self.t[0])
+        cadence = float(np.median(np.diff(self.t))) if len(self.t) > 1 else 1 / 1440
+        lo = math.log10(max(2 * cadence * 1440, 0.5))
+        hi = max(math.log10(max(np.ptp(self.t), 1e-6) * 1440), lo + 0.5)
+        self.info["gp"] = dict(t=t_gp, err2=np.ascontiguousarray(self.err**2), err_ref=float(np.median(self.err)),
+                               log_tau_range=(lo, hi))
+        return self.info["gp"]
 
 
 def design_matrix(t, order=1, regressors=None):
@@ -110,7 +134,12 @@ class Posterior:
         Mean stellar density and its 1-sigma (g/cm^3).
     """
 
-    def __init__(self, nights, period=None, b_fixed=None, b_max=None, ld=None, density=None):
+    def __init__(self, nights, period=None, b_fixed=None, b_max=None, ld=None, density=None, noise="beta",
+                 kernel="matern32"):
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"unknown noise model {noise!r}; choose from {list(NOISE_MODELS)}")
+        self.noise = noise
+        self.kernel = kernel
         self.nights = list(nights)
         self.period = period
         self.b_fixed = b_fixed
@@ -123,20 +152,31 @@ class Posterior:
         self.names = t0_names + ["rp_rs_sq"] + ([] if b_fixed is not None else ["b"]) + [self.size]
         self.names += ["u1", "u2"] if self.fit_ld else []
         self.n_nights = len(self.nights)
+        self.n_shape = len(self.names)
+        if noise == "gp":
+            for night in self.nights:
+                night.gp_setup()
+                night.noise_factor = 1.0
+                sfx = "" if self.n_nights == 1 else f"_{night.name}"
+                self.names += [f"gp_log10_h{sfx}", f"gp_log10_tau_min{sfx}"]
 
     # ------------------------------------------------------------------ vector <-> parameters
     def unpack(self, theta):
         """Dict of physical parameters; ``t0`` is a list of absolute mid-times (BJD_TDB, d)."""
         n = self.n_nights
-        par = dict(zip(self.names[n:], theta[n:]))
+        par = dict(zip(self.names[n:self.n_shape], theta[n:self.n_shape]))
         par["t0"] = [night.tref + dt for night, dt in zip(self.nights, theta[:n])]
+        if self.noise == "gp":
+            g = np.asarray(theta[self.n_shape:], float).reshape(n, 2)
+            par["gp"] = [(10.0 ** float(lh), 10.0 ** float(lt) / 1440.0) for lh, lt in g]
         par.setdefault("b", self.b_fixed)
         par.setdefault("u1", self.ld["u1"])
         par.setdefault("u2", self.ld["u2"])
         return par
 
-    def pack(self, t0, rp_rs_sq, b, t14, u1=None, u2=None):
-        """Vector from physical values (t0: list, one per night, absolute BJD_TDB; t14 in d)."""
+    def pack(self, t0, rp_rs_sq, b, t14, u1=None, u2=None, gp=None):
+        """Vector from physical values (t0: list, one per night, absolute BJD_TDB; t14 in d; gp: list of
+        (h, tau in d) per night, default (0.3, 10 min))."""
         vec = [t - n.tref for t, n in zip(t0, self.nights)] + [rp_rs_sq]
         vec += [] if self.b_fixed is not None else [b]
         if self.size == "rho_star":
@@ -146,6 +186,9 @@ class Posterior:
         else:
             vec += [t14]
         vec += [self.ld["u1"] if u1 is None else u1, self.ld["u2"] if u2 is None else u2] if self.fit_ld else []
+        if self.noise == "gp":
+            for h, tau in (gp or [(0.3, 10 / 1440)] * self.n_nights):
+                vec += [math.log10(h), math.log10(tau * 1440)]
         return np.array(vec, float)
 
     def orbit(self, par):
@@ -199,6 +242,13 @@ class Posterior:
                 return -np.inf
             s = self.ld["sigma"]
             lp -= 0.5 * (((u1 - self.ld["u1"]) / s) ** 2 + ((u2 - self.ld["u2"]) / s) ** 2)
+        if self.noise == "gp":
+            for (h, tau), night in zip(par["gp"], self.nights):
+                lo, hi = night.info["gp"]["log_tau_range"]
+                lh = math.log10(h)
+                if not (GP_LOG10_H[0] <= lh <= GP_LOG10_H[1] and lo <= math.log10(tau * 1440) <= hi):
+                    return -np.inf
+                lp += lh * math.log(10.0)     # uniform in h: density h ln 10 in log10 h
         return lp
 
     # ------------------------------------------------------------------ likelihood
@@ -241,12 +291,36 @@ class Posterior:
         c = np.linalg.solve(fisher, g)
         return c, fisher, max(yy - float(g @ c), 0.0), float(logdet)
 
+    def _night_gp(self, night):
+        """The night's :class:`.gp.NightGP` (built on first use)."""
+        key = ("_gp", self.kernel)
+        if key not in night.info:
+            from .gp import NightGP
+
+            g = night.info["gp"]
+            night.info[key] = NightGP(self.kernel, g["t"], g["err2"], g["err_ref"], night.flux, night.design)
+        return night.info[key]
+
+    def gp_solve(self, night, tr, h, tau):
+        """GP marginal likelihood of ``night`` for transit ``tr``: (ln L, c, F0^-1, s^2) or None
+        (:func:`.gp.marginal_loglike`)."""
+        ll, c, finv, s2 = self._night_gp(night).loglike(tr[None, :], [h], [tau])
+        if not np.isfinite(ll[0]):
+            return None
+        return float(ll[0]), c[0], finv[0], float(s2[0])
+
     def log_like(self, par):
         total = 0.0
         for i, night in enumerate(self.nights):
             tr = self.transit(par, i)
             if not np.all(np.isfinite(tr)):
                 return -np.inf
+            if self.noise == "gp":
+                sol = self.gp_solve(night, tr, *par["gp"][i])
+                if sol is None:
+                    return -np.inf
+                total += sol[0]
+                continue
             sol = self.linear_solve(night, tr)
             if sol is None:
                 return -np.inf
@@ -266,6 +340,9 @@ class Posterior:
         """(transit, baseline, coefficients, covariance) of night ``i`` at ``par``."""
         night = self.nights[i]
         tr = self.transit(par, i)
+        if self.noise == "gp":
+            _, c, finv, s2 = self.gp_solve(night, tr, *par["gp"][i])
+            return tr, night.design @ c, c, s2 * finv
         c, fisher, _, _ = self.linear_solve(night, tr)
         return tr, night.design @ c, c, np.linalg.inv(fisher)
 
@@ -319,6 +396,13 @@ class Posterior:
                 per = NO_PERIOD
             ok &= np.isfinite(a_rs) & (a_rs > 1.0) & (b < a_rs)
             inc = np.degrees(np.arccos(np.clip(b / a_rs, -1, 1)))
+        if self.noise == "gp":
+            g = x[:, self.n_shape:].reshape(w, n, 2)
+            for i, night in enumerate(self.nights):
+                lo, hi = night.info["gp"]["log_tau_range"]
+                ok &= (g[:, i, 0] >= GP_LOG10_H[0]) & (g[:, i, 0] <= GP_LOG10_H[1]) & (g[:, i, 1] >= lo) \
+                    & (g[:, i, 1] <= hi)
+                lp += g[:, i, 0] * math.log(10.0)
         out = np.full(w, -np.inf)
         idx = np.flatnonzero(ok)
         if not len(idx):
@@ -328,6 +412,9 @@ class Posterior:
             tr = np.empty((len(idx), len(night.t)))
             for j, m in enumerate(idx):
                 tr[j] = night.model.flux_orbit(night.tref + x[m, i], k[m], a_rs[m], inc[m], u1[m], u2[m], per)
+            if self.noise == "gp":
+                ll += self._night_gp(night).loglike(tr, 10.0 ** g[idx, i, 0], 10.0 ** g[idx, i, 1] / 1440.0)[0]
+                continue
             quad, lin, yy, nl = self._products(night)
             fisher = (tr * tr @ quad.T).reshape(len(idx), nl, nl)
             g = tr @ lin.T

@@ -5,6 +5,10 @@ autocorrelation times of every parameter and the estimate of tau changed by less
 ``tau_rtol`` over the last block (emcee's own criterion, Foreman-Mackey et al. 2013; the emcee
 documentation suggests 50 tau; 40 is the default here). The first ``3 tau`` steps are discarded and the rest thinned by
 tau / 2: the kept samples are nearly independent, ``n_walkers * (steps - 3 tau) / tau`` of them.
+The criterion watches the transit's parameters (mid-times, depth, b, size, limb darkening), not the
+GP's ratio and time scale: those are nuisance parameters whose slow mixing along the long-time-scale
+ridge (where the GP and the baseline are interchangeable) would double the chains without moving
+the transit's percentiles (their autocorrelation times are still reported).
 """
 
 import logging
@@ -47,10 +51,12 @@ def best_fit(post, starts):
     return res.x, -res.fun
 
 
-def set_noise(post, x):
-    """Per-night white scale and red-noise beta from the residuals at ``x``; stored as noise_factor."""
+def set_noise(post, x, beta=True):
+    """Per-night white scale and red-noise beta from the residuals at ``x``; stored as noise_factor
+    (the white scale, times beta unless ``beta`` is False; beta is measured and recorded either way)."""
     par = post.unpack(x)
     n_free = len(post.names) / max(1, post.n_nights)
+    use_beta = beta
     out = []
     for i, night in enumerate(post.nights):
         night.noise_factor = 1.0
@@ -58,7 +64,7 @@ def set_noise(post, x):
         resid = night.flux - tr * base
         scale = white_scale(resid, night.err, n_free + len(c))
         beta = red_noise_beta(night.t, resid)
-        night.noise_factor = scale * beta
+        night.noise_factor = scale * beta if use_beta else scale
         night.info.update(white_scale=scale, beta=beta, rms=float(np.std(resid, ddof=1)))
         out.append((scale, beta))
     return out
@@ -88,13 +94,18 @@ def initial_widths(post, x):
             w.append(max(1e-4, 0.02 * abs(v)))
         elif name == "t14":
             w.append(5e-4)
+        elif name.startswith("gp_log10_h"):
+            w.append(0.1)
+        elif name.startswith("gp_log10_tau"):
+            w.append(0.1)
         else:
             w.append(0.01)
     return np.array(w)
 
 
 def run_mcmc(post, x_best, seed=0, n_walkers=None, n_tau=40, tau_rtol=0.05, block=250, max_steps=20000):
-    """Sample the posterior with emcee until the chain is ``n_tau`` autocorrelation times long.
+    """Sample the posterior with emcee until the chain is ``n_tau`` autocorrelation times long
+    (of the first ``post.n_shape`` parameters: the transit's).
 
     Returns
     -------
@@ -115,15 +126,24 @@ def run_mcmc(post, x_best, seed=0, n_walkers=None, n_tau=40, tau_rtol=0.05, bloc
     sampler = emcee.EnsembleSampler(n_walkers, ndim, post.batch, moves=moves, vectorize=True)
     sampler._random = np.random.mtrand.RandomState(seed)
     old_tau, converged, state = np.inf, False, p0
-    tau = np.full(ndim, np.nan)
+    watch = getattr(post, "n_shape", ndim)
+    tau = np.full(watch, np.nan)
+    tau_all = np.full(ndim, np.nan)
+    steps = block
     while sampler.iteration < max_steps:
-        state = sampler.run_mcmc(state, block, progress=False)
-        tau = sampler.get_autocorr_time(tol=0)
+        state = sampler.run_mcmc(state, min(steps, max_steps - sampler.iteration), progress=False)
+        tau_all = sampler.get_autocorr_time(tol=0)
+        tau = tau_all[:watch]
         if np.all(np.isfinite(tau)) and np.all(sampler.iteration > n_tau * tau) \
                 and np.all(np.abs(old_tau - tau) / tau < tau_rtol):
             converged = True
             break
         old_tau = tau
+        # next check: where the current estimate says the chain will be long enough (at least a
+        # block on): each check costs an FFT of the whole chain, so checking every block cost
+        # ~15 % of a fit
+        need = n_tau * float(np.nanmax(tau)) if np.any(np.isfinite(tau)) else 0.0
+        steps = int(max(block, min(need * 1.05 - sampler.iteration, 4 * block)))
     tau_max = float(np.nanmax(tau)) if np.any(np.isfinite(tau)) else sampler.iteration / n_tau
     if not converged:
         log.warning("MCMC: %d steps are fewer than %g autocorrelation times (tau = %.0f steps); "
@@ -132,7 +152,7 @@ def run_mcmc(post, x_best, seed=0, n_walkers=None, n_tau=40, tau_rtol=0.05, bloc
     thin = max(1, int(tau_max / 2))
     samples = sampler.get_chain(discard=discard, thin=thin, flat=True)
     logp = sampler.get_log_prob(discard=discard, thin=thin, flat=True)
-    return {"samples": samples, "log_prob": logp, "tau": [float(v) for v in tau], "n_steps": int(sampler.iteration),
+    return {"samples": samples, "log_prob": logp, "tau": [float(v) for v in tau_all], "n_steps": int(sampler.iteration),
             "n_walkers": int(n_walkers), "converged": bool(converged), "discard": discard, "thin": thin,
             "acceptance": float(np.mean(sampler.acceptance_fraction))}
 
