@@ -7,6 +7,8 @@ checkpoint inventory:
         logs("{night}/logs/inventory.log"),
     conda:
         "../envs/bandersnake.yaml"
+    # Alone at the start of a night: its file reads use every core.
+    threads: config["processing"]["threads"]
     params:
         frames=lambda w: DigestedList(raw_frames(w.night), label="raw files"),
         fingerprint=raw_frames_fingerprint,

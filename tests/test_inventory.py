@@ -232,3 +232,16 @@ def test_kept_records_reread_only_changed_files(maxim, tmp_path, monkeypatch):
     read.clear()
     rebuilt = build_inventory(paths, other, records_path=records)
     assert sorted(read) == sorted(paths) and len(rebuilt) == 6
+
+
+def test_worker_processes_give_the_same_inventory(maxim, tmp_path):
+    """Files read by two forked workers: the same table, bad files contained in the workers too."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    paths = [str(write_frame(raw / f"sci_{i:02d}.fits", date_obs=f"2025-06-02T04:{i:02d}:00")) for i in range(44)]
+    (raw / "garbage.fits").write_bytes(b"not a FITS file at all" * 200)
+    paths.append(str(raw / "garbage.fits"))
+    serial = build_inventory(paths, maxim, workers=1)
+    forked = build_inventory(paths, maxim, workers=2)
+    assert forked.pformat(max_lines=-1, max_width=-1) == serial.pformat(max_lines=-1, max_width=-1)
+    assert int(forked["accepted"].sum()) == 44 and "unreadable" in forked["reason"][forked["file"] == "garbage.fits"][0]

@@ -14,4 +14,5 @@ with log_to(snakemake.log[0]):
         night=snakemake.wildcards.night,
         # Not a product: per-file records a rerun reuses for files that did not change.
         records_path=Path(snakemake.output.table).with_name("inventory_records.json"),
+        workers=snakemake.threads,
     )

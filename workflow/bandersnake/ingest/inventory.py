@@ -251,7 +251,27 @@ def sun_sessions(jd_utc, site):
     return out
 
 
-def build_inventory(paths, instrument, discard_n_first_science=0, check_pixels=True, records_path=None):
+def _records(paths, instrument, shape, check_pixels, workers=1):
+    """:func:`_contained_record` of each path, in order; ``workers`` > 1 forks that many processes
+    (each file's header parsing and pixel checks are independent, and mostly Python-bound)."""
+    if workers <= 1 or len(paths) < 2 * MIN_FILES_PER_WORKER:
+        return [_contained_record(p, instrument, shape, check_pixels) for p in paths]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+
+    work = partial(_contained_record, instrument=instrument, expected_shape=shape, check_pixels=check_pixels)
+    n = min(int(workers), len(paths) // MIN_FILES_PER_WORKER)
+    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(work, paths, chunksize=max(1, len(paths) // (8 * n))))
+
+
+#: Fewer files than this per worker process are read in this process (forking costs ~10 ms).
+MIN_FILES_PER_WORKER = 20
+
+
+def build_inventory(paths, instrument, discard_n_first_science=0, check_pixels=True, records_path=None,
+                    workers=1):
     """Inventory table of a night's raw files.
 
     Parameters
@@ -269,6 +289,8 @@ def build_inventory(paths, instrument, discard_n_first_science=0, check_pixels=T
     records_path : str or Path, optional
         Where the per-file records are kept between runs
         (:mod:`bandersnake.ingest.record_cache`): files unchanged since are not read again.
+    workers : int
+        Processes reading the files (the inventory runs alone at the start of a night).
 
     Returns
     -------
@@ -277,13 +299,15 @@ def build_inventory(paths, instrument, discard_n_first_science=0, check_pixels=T
     shape = instrument.get("shape")
     settings = settings_digest(instrument, shape, check_pixels)
     kept = load_records(records_path, settings)
+    paths = [str(p) for p in paths]
+    identities = {path: file_identity(path) for path in paths}
+    fresh = [path for path in paths if kept.get(path) is None or identities[path] is None
+             or kept[path][0] != identities[path]]
+    made = dict(zip(fresh, _records(fresh, instrument, shape, check_pixels, workers)))
     records, rows = {}, []
-    for path in map(str, paths):
-        identity = file_identity(path)
-        old = kept.get(path)
-        fresh = old is None or identity is None or old[0] != identity
-        row = _contained_record(path, instrument, shape, check_pixels) if fresh else dict(old[1])
-        records[path] = (identity, dict(row))  # as recorded: the night-wide checks below modify rows
+    for path in paths:
+        row = made[path] if path in made else dict(kept[path][1])
+        records[path] = (identities[path], dict(row))  # as recorded: the night-wide checks below modify rows
         rows.append(row)
     if records_path is not None:
         n_kept = sum(1 for path, (identity, _) in records.items() if path in kept and kept[path][0] == identity)
@@ -390,10 +414,11 @@ def time_lines(table):
 
 
 def make_inventory(paths, instrument, out_table, lists_dir, run="1", discard_n_first_science=0, night="",
-                   records_path=None):
+                   records_path=None, workers=1):
     """Build, check and write a night's inventory and ``.list`` files.
 
-    ``records_path``: see :func:`build_inventory` (the workflow keeps them beside the inventory).
+    ``records_path``, ``workers``: see :func:`build_inventory` (the workflow keeps the records beside
+    the inventory and reads with the rule's threads).
 
     Raises
     ------
@@ -402,7 +427,7 @@ def make_inventory(paths, instrument, out_table, lists_dir, run="1", discard_n_f
     """
     if not paths:
         raise BandersnakeError(f"night {night}: no raw frames (.fits, .fits.gz, .fits.fz) were found")
-    table = build_inventory(paths, instrument, discard_n_first_science, records_path=records_path)
+    table = build_inventory(paths, instrument, discard_n_first_science, records_path=records_path, workers=workers)
     for line in summarize(table):
         (log.warning if line.startswith("time warning") else log.info)("%s", line)
     with atomic_path(out_table) as tmp:
