@@ -56,6 +56,20 @@ from bandersnake.sim.render import cosmic_rays  # noqa: E402
 GAIN, READ_NOISE_E, BIAS_ADU, DARK_ADU_S, EXPTIME, SKY_E = 1.5, 10.0, 1000.0, 0.05, 60.0, 300.0
 
 
+def expose(rng, shape, xs, ys, flux, flat, n_cosmics, cr_median):
+    """One raw exposure (ADU, float64): stars at seeing ±5 % and 0.15 px jitter, sky, Poisson noise,
+    cosmic rays, read noise, flat, bias and dark; its cosmic-ray truth (y, x, e-) and the jitter (px)."""
+    fwhm = 3.0 * (1 + 0.05 * rng.standard_normal())
+    jx, jy = 0.15 * rng.standard_normal(2)
+    img = np.full(shape, SKY_E, np.float64)
+    add_stars(img, xs + jx, ys + jy, flux, fwhm_px=fwhm, oversample=2)
+    cx, cy, ce = cosmic_rays(shape, rng, n_cosmics, 3.0, cr_median)
+    e = rng.poisson(img).astype(np.float32)
+    np.add.at(e, (cy, cx), ce.astype(np.float32))
+    e += rng.normal(0, READ_NOISE_E, shape).astype(np.float32)
+    return e * flat / GAIN + BIAS_ADU + DARK_ADU_S * EXPTIME, (cy, cx, ce), (jx, jy)
+
+
 def make_series(n_side, n_frames, n_stars, n_cosmics, cr_median, rng):
     """Raw frames (ADU, float32), masters, per-frame CR truth (y, x, e-) and star positions/peaks."""
     shape = (n_side, n_side)
@@ -66,17 +80,9 @@ def make_series(n_side, n_frames, n_stars, n_cosmics, cr_median, rng):
     dark = np.full(shape, DARK_ADU_S, np.float32)
     raws, truths = [], []
     for _ in range(n_frames):
-        fwhm = 3.0 * (1 + 0.05 * rng.standard_normal())
-        jx, jy = 0.15 * rng.standard_normal(2)
-        img = np.full(shape, SKY_E, np.float64)
-        add_stars(img, xs + jx, ys + jy, flux, fwhm_px=fwhm, oversample=2)
-        cx, cy, ce = cosmic_rays(shape, rng, n_cosmics, 3.0, cr_median)
-        e = rng.poisson(img).astype(np.float32)
-        np.add.at(e, (cy, cx), ce.astype(np.float32))
-        e += rng.normal(0, READ_NOISE_E, shape).astype(np.float32)
-        raw = e * flat / GAIN + BIAS_ADU + DARK_ADU_S * EXPTIME
+        raw, truth, _ = expose(rng, shape, xs, ys, flux, flat, n_cosmics, cr_median)
         raws.append(raw.astype(np.float32))
-        truths.append((cy, cx, ce))
+        truths.append(truth)
     peak = flux / (2 * np.pi * (3.0 / 2.3548) ** 2)
     return raws, bias, dark, flat, truths, (xs, ys, peak)
 
@@ -174,15 +180,8 @@ def write_night(base, n_side, n_frames, n_faint, n_cosmics, cr_median, rng):
     frames, truths, wcss = [], [], []
     t0 = np.datetime64("2025-04-03T20:00:00")
     for k in range(n_frames):
-        fwhm = 3.0 * (1 + 0.05 * rng.standard_normal())
-        jx, jy = 0.15 * rng.standard_normal(2)
-        img = np.full(shape, SKY_E, np.float64)
-        add_stars(img, sx + jx, sy + jy, flux, fwhm_px=fwhm, oversample=2)
-        cx, cy, ce = cosmic_rays(shape, rng, n_cosmics, 3.0, cr_median)
-        e = rng.poisson(img).astype(np.float32)
-        np.add.at(e, (cy, cx), ce.astype(np.float32))
-        e += rng.normal(0, READ_NOISE_E, shape).astype(np.float32)
-        adu = np.clip(np.round(e * flat / GAIN + BIAS_ADU + DARK_ADU_S * EXPTIME), 0, 65535).astype(np.uint16)
+        raw, (cy, cx, ce), (jx, jy) = expose(rng, shape, sx, sy, flux, flat, n_cosmics, cr_median)
+        adu = np.clip(np.round(raw), 0, 65535).astype(np.uint16)
         start = t0 + np.timedelta64(int(k * (EXPTIME + 10)), "s")
         hdr = fits.Header()
         for key, val in (("EXPTIME", EXPTIME), ("FILTER", "I"), ("DATE-OBS", str(start)), ("OBJECT", "CYG"),
