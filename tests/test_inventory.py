@@ -24,7 +24,8 @@ def maxim():
     return inst
 
 
-def write_frame(path, imagetyp="Light Frame", exptime=30.0, date_obs="2025-06-02T04:10:00", shape=(20, 30), **extra):
+def write_frame(path, imagetyp="Light Frame", exptime=30.0, date_obs="2025-06-02T04:10:00", shape=(20, 30),
+                offset=None, **extra):
     header = fits.Header()
     if imagetyp is not None:
         header["IMAGETYP"] = imagetyp
@@ -36,8 +37,10 @@ def write_frame(path, imagetyp="Light Frame", exptime=30.0, date_obs="2025-06-02
     header["FILTER"] = extra.pop("flt", "z")
     for k, v in extra.items():
         header[k] = v
-    # Different pixels in every file: identical ones are rejected as duplicates (test_vetting).
-    data = ((np.arange(np.prod(shape)).reshape(shape) + zlib.crc32(str(path).encode())) % 1000).astype(np.uint16)
+    # Different pixels in every file: identical ones are rejected as duplicates (test_vetting). The
+    # name's CRC modulo 1000 collides for some pairs of names: pass distinct ``offset``s for many files.
+    offset = zlib.crc32(str(path).encode()) if offset is None else offset
+    data = ((np.arange(np.prod(shape)).reshape(shape) + offset) % 1000).astype(np.uint16)
     fits.PrimaryHDU(data, header).writeto(path)
     return path
 
@@ -199,7 +202,8 @@ def test_kept_records_reread_only_changed_files(maxim, tmp_path, monkeypatch):
 
     raw = tmp_path / "raw"
     raw.mkdir()
-    paths = [str(write_frame(raw / f"sci_{i:02d}.fits", date_obs=f"2025-06-02T04:{10 + i:02d}:00")) for i in range(6)]
+    paths = [str(write_frame(raw / f"sci_{i:02d}.fits", date_obs=f"2025-06-02T04:{10 + i:02d}:00", offset=7 * i))
+             for i in range(6)]
     records = tmp_path / "inventory_records.json"
     read = []
     original = inventory._contained_record
@@ -215,7 +219,7 @@ def test_kept_records_reread_only_changed_files(maxim, tmp_path, monkeypatch):
     # Replace one frame by a copy of another exposure's header and new pixels: only it is read,
     # and what it now holds (a later DATE-OBS) is what the inventory says.
     os.remove(paths[2])
-    write_frame(paths[2], date_obs="2025-06-02T05:00:00", OBSERVER="replaced")
+    write_frame(paths[2], date_obs="2025-06-02T05:00:00", offset=500, OBSERVER="replaced")
     changed = build_inventory(paths, maxim, records_path=records)
     assert read == [paths[2]]
     row = changed[changed["path"] == paths[2]][0]
@@ -238,7 +242,8 @@ def test_worker_processes_give_the_same_inventory(maxim, tmp_path):
     """Files read by two forked workers: the same table, bad files contained in the workers too."""
     raw = tmp_path / "raw"
     raw.mkdir()
-    paths = [str(write_frame(raw / f"sci_{i:02d}.fits", date_obs=f"2025-06-02T04:{i:02d}:00")) for i in range(44)]
+    paths = [str(write_frame(raw / f"sci_{i:02d}.fits", date_obs=f"2025-06-02T04:{i:02d}:00", offset=7 * i))
+             for i in range(44)]
     (raw / "garbage.fits").write_bytes(b"not a FITS file at all" * 200)
     paths.append(str(raw / "garbage.fits"))
     serial = build_inventory(paths, maxim, workers=1)
