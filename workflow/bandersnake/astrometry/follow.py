@@ -44,7 +44,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +68,8 @@ DEFAULTS = dict(method="follow", reference_search=10, reference_attempts=3, matc
 
 
 @dataclass
-class FrameSolution:
-    """Outcome for one frame of a night.
+class FrameSolution(S.SolveResult):
+    """Outcome for one frame of a night: :class:`~.solve.SolveResult`'s fields and these.
 
     ``status`` 'solved' / 'unsolved' / 'error'; ``method`` 'reference' (solve-field, the night's
     reference), 'follow' (matched to the night catalogue), 'solve-field' (fallback), '' when
@@ -77,30 +77,13 @@ class FrameSolution:
     stars only. ``flag`` is empty or says how the solution disagrees with its neighbours'.
     """
 
-    path: str
     status: str = "unsolved"
+    attempt: int = 0
     method: str = ""
-    wcs: WCS | None = None
-    n_sources: int = 0
-    n_matched: int = 0
     n_catalog: int = 0
-    rms_px: float = math.nan
-    rms_arcsec: float = math.nan
     cat_rms_px: float = math.nan
     cat_rms_arcsec: float = math.nan
-    pixscale_arcsec: float = math.nan
-    ra_center: float = math.nan
-    dec_center: float = math.nan
-    rotation_deg: float = math.nan
-    elapsed_s: float = 0.0
-    message: str = ""
     flag: str = ""
-    attempt: int = 0
-    attempts: list = field(default_factory=list)
-
-    @property
-    def solved(self):
-        return self.status == "solved"
 
 
 # --------------------------------------------------------------------------------------------

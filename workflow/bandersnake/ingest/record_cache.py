@@ -16,13 +16,13 @@ Only the per-file records are kept; everything that depends on the night as a wh
 every run. A missing, unreadable or stale cache is simply rebuilt.
 """
 
-import hashlib
 import json
 import logging
 import os
 
 from .. import __version__
 from ..fitsio import write_text
+from ..params import content_digest
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,8 @@ def file_identity(path):
 
 def settings_digest(instrument, expected_shape, check_pixels):
     """Digest of everything besides the file itself that a record depends on."""
-    text = json.dumps([RECORD_VERSION, __version__, instrument,
-                       list(expected_shape) if expected_shape is not None else None, bool(check_pixels)],
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return content_digest([RECORD_VERSION, __version__, instrument,
+                           list(expected_shape) if expected_shape is not None else None, bool(check_pixels)])
 
 
 def load_records(path, settings):
