@@ -28,7 +28,6 @@ from astropy.io.fits.verify import VerifyWarning
 from astropy.utils.exceptions import AstropyUserWarning
 
 from ..errors import FrameError
-from ..fitsio import open_image_hdu
 
 #: More than this fraction of NaN/Inf pixels: the frame is rejected ("NaN-filled").
 MAX_NONFINITE_FRACTION = 0.5
@@ -36,8 +35,8 @@ MAX_NONFINITE_FRACTION = 0.5
 MAX_SATURATED_FRACTION = 0.5
 
 
-def read_stored_pixels(path, extension=0):
-    """Stored pixel array of the image HDU (no BZERO/BSCALE applied) and the scaling.
+def stored_pixels(hdu, path):
+    """Stored pixel array of an open image HDU (``do_not_scale_image_data=True``) and its scaling.
 
     Returns
     -------
@@ -49,14 +48,8 @@ def read_stored_pixels(path, extension=0):
     Raises
     ------
     FrameError
-        The file cannot be read or holds no 2-D image.
+        The pixels cannot be read or are not a 2-D image.
     """
-    with open_image_hdu(path, extension, do_not_scale_image_data=True) as (hdul, idx, _):
-        return stored_pixels(hdul[idx], path)
-
-
-def stored_pixels(hdu, path):
-    """:func:`read_stored_pixels` of an image HDU already open (``do_not_scale_image_data=True``)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (AstropyUserWarning, VerifyWarning, RuntimeWarning))
@@ -123,11 +116,6 @@ def pixel_problem(data, bzero, bscale, saturation_adu):
     return None
 
 
-def pixel_verdict(data, bzero, bscale, saturation_adu):
-    """``(digest, problem)`` of stored pixels: :func:`pixel_digest` and :func:`pixel_problem`."""
-    return pixel_digest(data), pixel_problem(data, bzero, bscale, saturation_adu)
-
-
 def vet_hdu(hdu, path, instrument):
     """Digest of an open image HDU's stored pixels; :class:`FrameError` when they are unusable.
 
@@ -145,31 +133,11 @@ def vet_hdu(hdu, path, instrument):
     str
         :func:`pixel_digest` of the pixels.
     """
-    digest, problem = pixel_verdict(*stored_pixels(hdu, path), instrument.get("saturation_adu"))
+    data, bzero, bscale = stored_pixels(hdu, path)
+    problem = pixel_problem(data, bzero, bscale, instrument.get("saturation_adu"))
     if problem:
         raise FrameError(path, problem)
-    return digest
-
-
-def vet_pixels(row, instrument):
-    """Read an accepted frame's pixels: set ``row['data_digest']``, reject it when unusable.
-
-    Parameters
-    ----------
-    row : dict
-        Inventory row of :func:`bandersnake.ingest.inventory.frame_record` (modified in place).
-    instrument : dict
-        Validated instrument configuration (``saturation_adu``, ``image_extension``).
-    """
-    if not row["accepted"]:
-        return row
-    try:
-        with open_image_hdu(row["path"], instrument.get("image_extension", 0),
-                            do_not_scale_image_data=True) as (hdul, idx, _):
-            row["data_digest"] = vet_hdu(hdul[idx], row["path"], instrument)
-    except FrameError as err:
-        row["accepted"], row["reason"] = False, err.reason
-    return row
+    return pixel_digest(data)
 
 
 def _keep_order(row):
