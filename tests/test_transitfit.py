@@ -124,7 +124,9 @@ def test_central_transit_gives_finite_calibrated_errors():
     assert res["t0"]["p2.5"] <= t0 <= res["t0"]["p97.5"]
     assert p["rp_rs_sq"]["p2.5"] <= k * k <= p["rp_rs_sq"]["p97.5"]
     assert res["chain"]["converged"]
-    assert res["chain"]["n_steps"] >= 40 * max(res["chain"]["tau"])
+    # the chain is n_tau (25, the default) autocorrelation times of the transit's parameters long
+    watched = [tau for name, tau in zip(res["names"], res["chain"]["tau"]) if not name.startswith("gp_")]
+    assert res["chain"]["n_steps"] >= 25 * max(watched)
 
 
 @pytest.mark.slow

@@ -10,4 +10,5 @@ with log_to(snakemake.log[0]):
         flat_path=snakemake.input.flat,
         night=snakemake.wildcards.night,
         target=snakemake.wildcards.target,
+        threads=snakemake.threads,
     )

@@ -24,8 +24,8 @@ from .sampler import best_fit, run_mcmc, set_noise, summarize
 
 log = logging.getLogger("bandersnake.transitfit")
 
-DEFAULTS = dict(b_max=None, baseline_order=1, detrend=[], supersample_s=None, n_tau=40, max_steps=20000,
-                seed=0, ld_sigma=None, noise="gp", gp_kernel="matern32")
+DEFAULTS = dict(b_max=None, baseline_order=1, detrend=[], supersample_s=None, n_tau=25, max_steps=20000,
+                seed=0, ld_sigma=None, noise="gp", gp_kernel="matern32", threads=1)
 
 
 def prepare_night(name, t, flux, err, settings, regressors=None, exptime_s=None):
@@ -176,7 +176,7 @@ def fit_transits(nights, starts, settings, ld):
         Start values per night (:func:`prepare_night`).
     settings : dict
         ``period``, ``b``, ``b_max``, ``stellar_density``, ``stellar_density_err``, ``n_tau``,
-        ``max_steps``, ``seed``.
+        ``max_steps``, ``seed``, ``threads`` (processes of the MCMC: 1 or 2).
     ld : dict
         Limb-darkening prior (:func:`~.limbdark.limb_darkening_prior`).
 
@@ -203,7 +203,8 @@ def fit_transits(nights, starts, settings, ld):
     if noise == "gp":
         post = Posterior(nights, noise="gp", kernel=s.get("gp_kernel") or "matern32", **common)
         x_best = best_gp_start(post, x_best)
-    chain = run_mcmc(post, x_best, seed=int(s["seed"]), n_tau=float(s["n_tau"]), max_steps=int(s["max_steps"]))
+    chain = run_mcmc(post, x_best, seed=int(s["seed"]), n_tau=float(s["n_tau"]), max_steps=int(s["max_steps"]),
+                     threads=int(s.get("threads") or 1))
     samples = chain.pop("samples")
     log_prob = chain.pop("log_prob")
     values, t0s = derived(post, samples)

@@ -161,45 +161,62 @@ class NightGP:
         self.t = np.ascontiguousarray(t, float)
         self.err2 = np.ascontiguousarray(err2, float)
         self.err_ref = float(err_ref)
+        self.y = np.ascontiguousarray(y, float)
         self.design = np.ascontiguousarray(design, float)
         n, self.n_lin = len(self.t), self.design.shape[1]
         self.dof = n - self.n_lin
-        j = 1 if kernel == "exp" else 2
-        self._u = np.empty((n, j))
-        self._v = np.ones((n, j))
+        self._j = 1 if kernel == "exp" else 2
+        self._v = np.ones((n, self._j))
         if kernel == "matern32":
             self._v[:, 1] = self.t
-        self._a = np.empty(n)
-        self._d = np.empty(n)
-        self._w = np.empty((n, j))
-        self._rhs = np.empty((n, self.n_lin + 1))
-        self._rhs[:, 0] = y
+        self._buf = {}
         self._drv = _driver()
 
-    def _whiten_into(self, tr, h, tau, out):
-        """Whitened [y, diag(tr) X] into ``out`` (N, n+1); ln|K0|, or None if not positive definite."""
-        sigma2 = (h * self.err_ref) ** 2
+    def _buffers(self, nw):
+        """Work arrays for ``nw`` walkers (kept: emcee calls with the same counts again and again)."""
+        if nw not in self._buf:
+            n, j = len(self.t), self._j
+            rhs = np.empty((nw, n, self.n_lin + 1))
+            rhs[:, :, 0] = self.y
+            self._buf[nw] = dict(u=np.empty((nw, n, j)), a=np.empty((nw, n)), d=np.empty((nw, n)),
+                                 w=np.empty((nw, n, j)), c=np.empty((nw, j)), rhs=rhs,
+                                 z=np.empty((nw, n, self.n_lin + 1)))
+        return self._buf[nw]
+
+    def _whiten(self, tr, h, tau):
+        """Whitened [y, diag(tr) X] of every walker (W, N, n+1), ln|K0| (W) and the rows that could
+        be factorised. The kernel's arrays for all walkers are built in array operations; only
+        celerite2's factorisation and triangular solve (C++) run per walker."""
+        nw = len(tr)
+        b = self._buffers(nw)
+        sigma2 = (np.asarray(h, float) * self.err_ref) ** 2
+        tau = np.asarray(tau, float)
         if self.kernel == "exp":
-            c = np.array([1.0 / tau])
-            self._u.fill(sigma2)
+            b["c"][:, 0] = 1.0 / tau
+            b["u"][:, :, 0] = sigma2[:, None]
         else:
             w = math.sqrt(3.0) / tau
-            c = np.array([w, w])
-            np.multiply(self.t, w * sigma2, out=self._u[:, 0])
-            self._u[:, 0] += sigma2
-            self._u[:, 1] = -sigma2 * w
-        np.add(self.err2, sigma2, out=self._a)
-        try:
-            d, wmat = self._drv.factor(self.t, c, self._a, self._u, self._v, self._d, self._w)
-        except self._drv.LinAlgError:
-            return None
-        if not d.min() > 0:
-            return None
-        np.multiply(self.design, tr[:, None], out=self._rhs[:, 1:])
-        self._drv.solve_lower(self.t, c, self._u, wmat, self._rhs, out)
-        sq = np.sqrt(d)
-        out /= sq[:, None]
-        return 2.0 * float(np.sum(np.log(sq)))
+            b["c"][:, 0] = w
+            b["c"][:, 1] = w
+            np.multiply(self.t[None, :], (w * sigma2)[:, None], out=b["u"][:, :, 0])
+            b["u"][:, :, 0] += sigma2[:, None]
+            b["u"][:, :, 1] = -(sigma2 * w)[:, None]
+        np.add(self.err2[None, :], sigma2[:, None], out=b["a"])
+        good = np.isfinite(tr).all(axis=1)
+        np.multiply(self.design[None, :, :], np.where(good[:, None], tr, 1.0)[:, :, None], out=b["rhs"][:, :, 1:])
+        drv, t, v, z = self._drv, self.t, self._v, b["z"]
+        for j in np.flatnonzero(good):
+            try:
+                drv.factor(t, b["c"][j], b["a"][j], b["u"][j], v, b["d"][j], b["w"][j])
+            except drv.LinAlgError:
+                good[j] = False
+                continue
+            drv.solve_lower(t, b["c"][j], b["u"][j], b["w"][j], b["rhs"][j], z[j])
+        d = b["d"]
+        good &= np.where(good, d.min(axis=1), 0.0) > 0
+        sq = np.sqrt(np.where(good[:, None], d, 1.0))
+        z /= sq[:, :, None]
+        return z, 2.0 * np.log(sq).sum(axis=1), good
 
     def loglike(self, tr, h, tau):
         """ln L of transit rows ``tr`` (W, N) with GP parameters ``h``, ``tau`` (W); -inf where impossible.
@@ -210,18 +227,9 @@ class NightGP:
             ln L (W), baseline coefficients (W, n), F0^-1 (W, n, n), chi0^2 / (N - n) (W).
         """
         tr = np.atleast_2d(tr)
-        nw = len(tr)
-        z = np.empty((nw, len(self.t), self.n_lin + 1))
-        logdet_k = np.zeros(nw)
-        good = np.ones(nw, bool)
-        for j in range(nw):
-            ld = self._whiten_into(tr[j], float(h[j]), float(tau[j]), z[j]) if np.all(np.isfinite(tr[j])) else None
-            if ld is None:
-                good[j] = False
-                z[j] = 0.0
-                z[j, :, 1:] = np.eye(len(self.t), self.n_lin)   # any well-posed system; discarded below
-            else:
-                logdet_k[j] = ld
+        z, logdet_k, good = self._whiten(tr, h, tau)
+        z[~good] = 0.0
+        z[~good, :, 1:] = np.eye(len(self.t), self.n_lin)   # any well-posed system; discarded below
         zy, za = z[:, :, 0], z[:, :, 1:]
         zat = za.transpose(0, 2, 1)
         fisher = zat @ za

@@ -3,18 +3,22 @@
 Parameters sampled (days for times):
 
 * ``t0`` per night (mid-transit, BJD_TDB; stored as an offset from the night's reference time),
-* shared by all nights: ``rp_rs_sq`` = (Rp/R*)^2, ``b`` (unless fixed), the orbit's size, and
-  ``u1``, ``u2`` (unless their prior width is 0). With a period the size is the mean stellar
-  density ``rho_star`` (g/cm^3), which with P gives a/R* (Kepler's law), as juliet does; without a
-  period it is the total duration ``t14`` of a straight chord.
+* shared by all nights: ``rp_rs_sq`` = (Rp/R*)^2, ``b`` (unless fixed), the total duration
+  ``t14`` (d) and ``u1``, ``u2`` (unless their prior width is 0). With a period, ``t14`` and b fix
+  a/R* of the circular orbit (Seager & Mallen-Ornelas 2003) and so the mean stellar density
+  (Kepler's law); without a period the transit is a straight chord.
 
 Priors: t0 uniform in the night's window; rp_rs_sq uniform in (0, 0.25]; b uniform in [0, b_max)
-with b_max = 1 + Rp/R* by default (the natural bound: any b with a transit); rho_star Gaussian
-when the config gives ``stellar_density`` (and its error), else uniform in ln rho_star over
-0.01-100 g/cm^3; t14 (no period) uniform in [5 min, 0.5 d]; u1, u2 Gaussian (:mod:`.limbdark`)
-inside the physical region (u1 >= 0, u1 + u2 <= 1, u1 + 2 u2 >= 0; Kipping 2013). Sampling the
-density rather than T14 matters: a uniform prior on T14 under a density constraint is not uniform
-in b, and pulled b (and so T0 of a partial transit) low in the coverage benchmark.
+with b_max = 1 + Rp/R* by default (the natural bound: any b with a transit); with a period, the
+stellar density rho_star Gaussian when the config gives ``stellar_density`` (and its error), else
+uniform in ln rho_star over 0.01-100 g/cm^3; t14 (no period) uniform in [5 min, 0.5 d]; u1, u2
+Gaussian (:mod:`.limbdark`) inside the physical region (u1 >= 0, u1 + u2 <= 1, u1 + 2 u2 >= 0;
+Kipping 2013). With a period the prior is the density's, not T14's: a uniform prior on T14 under
+a density constraint is not uniform in b, and pulled b (and so T0 of a partial transit) low in
+the coverage benchmark. The sampler still moves in T14, with the Jacobian |d rho / d T14| in the
+prior (:func:`density_jacobian`): at fixed T14 the density changes with b along a curved ridge
+(rho ~ ((1 + k)^2 - b^2)^(3/2)), which in (b, rho) the ensemble crossed slowly; in (b, T14) the
+posterior is nearly a rectangle (T14 is what the light curve measures).
 
 Baseline and detrending: each night's flux is ``transit(t) * (X c)``, X the columns 1, dt, dt^2 ...
 (``baseline_order``) and the detrending regressors (airmass, sky, position, width, scaled to
@@ -37,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .model import NO_PERIOD_D as NO_PERIOD, TransitModel, a_rs_from_density, orbit_from_duration, stellar_density
+from .model import NO_PERIOD_D as NO_PERIOD, TransitModel, orbit_from_duration, stellar_density
 
 T14_MIN_D = 5.0 / 1440.0
 T14_MAX_D = 0.5
@@ -97,6 +101,17 @@ class NightData:
         return self.info["gp"]
 
 
+def density_jacobian(rho, a_rs, k, b, t14, period):
+    """ln |d rho / d T14| at fixed k and b for a circular orbit of ``period`` (d).
+
+    a^2 = ((1 + k)^2 - b^2) / sin^2(x) + b^2 with x = pi T14 / P and rho ~ a^3 give
+    d ln rho / d T14 = -3 pi ((1 + k)^2 - b^2) cos x / (P a^2 sin^3 x).
+    """
+    x = np.pi * np.asarray(t14, float) / period
+    chord2 = (1.0 + k) ** 2 - b * b
+    return np.log(rho) + np.log(3 * np.pi * chord2 * np.cos(x) / (period * a_rs**2 * np.sin(x) ** 3))
+
+
 def design_matrix(t, order=1, regressors=None):
     """Baseline columns: 1, dt, ..., dt^order (dt in d from the mean time) then the regressors.
 
@@ -148,7 +163,7 @@ class Posterior:
         self.fit_ld = self.ld["sigma"] > 0
         self.density = density if (density and period) else None
         t0_names = ["t0"] if len(self.nights) == 1 else [f"t0_{n.name}" for n in self.nights]
-        self.size = "rho_star" if period else "t14"
+        self.size = "t14"
         self.names = t0_names + ["rp_rs_sq"] + ([] if b_fixed is not None else ["b"]) + [self.size]
         self.names += ["u1", "u2"] if self.fit_ld else []
         self.n_nights = len(self.nights)
@@ -179,12 +194,7 @@ class Posterior:
         (h, tau in d) per night, default (0.3, 10 min))."""
         vec = [t - n.tref for t, n in zip(t0, self.nights)] + [rp_rs_sq]
         vec += [] if self.b_fixed is not None else [b]
-        if self.size == "rho_star":
-            bb = self.b_fixed if self.b_fixed is not None else b
-            a_rs, _ = orbit_from_duration(self.period, math.sqrt(rp_rs_sq), bb, t14)
-            vec += [stellar_density(a_rs, self.period) if math.isfinite(a_rs) else 1.0]
-        else:
-            vec += [t14]
+        vec += [t14]
         vec += [self.ld["u1"] if u1 is None else u1, self.ld["u2"] if u2 is None else u2] if self.fit_ld else []
         if self.noise == "gp":
             for h, tau in (gp or [(0.3, 10 / 1440)] * self.n_nights):
@@ -194,16 +204,13 @@ class Posterior:
     def orbit(self, par):
         """(a/R*, inclination in deg, T14 in d, period) of ``par``; NaNs when no transit is possible."""
         k, b = math.sqrt(max(par["rp_rs_sq"], 0.0)), par["b"]
-        if self.size == "rho_star":
-            rho = par["rho_star"]
-            if not rho > 0:
+        if self.period:
+            if not par["t14"] > 0:
                 return math.nan, math.nan, math.nan, self.period
-            a_rs = a_rs_from_density(rho, self.period)
-            if a_rs <= 1.0 or b >= a_rs:
+            a_rs, inc = orbit_from_duration(self.period, k, b, par["t14"])
+            if not a_rs > 1.0 or b >= a_rs:
                 return math.nan, math.nan, math.nan, self.period
-            inc = math.degrees(math.acos(b / a_rs))
-            arg = math.sqrt(max((1 + k) ** 2 - b * b, 0.0)) / (a_rs * math.sin(math.radians(inc)))
-            return a_rs, inc, self.period / math.pi * math.asin(min(arg, 1.0)), self.period
+            return a_rs, inc, par["t14"], self.period
         a_rs, inc = orbit_from_duration(NO_PERIOD, k, b, par["t14"])
         return a_rs, inc, par["t14"], NO_PERIOD
 
@@ -225,16 +232,18 @@ class Posterior:
             # uniform in [0, 1 + k): the normalisation depends on k; without it the prior would
             # favour large k by giving it more room in b
             lp -= math.log(1.0 + k)
-        if self.size == "rho_star":
-            rho = par["rho_star"]
+        if self.period:
+            a_rs, _, t14, _ = self.orbit(par)
+            if not math.isfinite(a_rs):
+                return -np.inf
+            rho = stellar_density(a_rs, self.period)
             if self.density is not None:
-                if rho <= 0:
-                    return -np.inf
                 lp -= 0.5 * ((rho - self.density[0]) / self.density[1]) ** 2
             elif not RHO_RANGE[0] <= rho <= RHO_RANGE[1]:
                 return -np.inf
             else:
                 lp -= math.log(rho)
+            lp += float(density_jacobian(rho, a_rs, k, b, t14, self.period))
         elif not T14_MIN_D <= par["t14"] <= T14_MAX_D:
             return -np.inf
         if self.fit_ld:
@@ -377,15 +386,21 @@ class Posterior:
             s = self.ld["sigma"]
             lp -= 0.5 * (((u1 - self.ld["u1"]) / s) ** 2 + ((u2 - self.ld["u2"]) / s) ** 2)
         with np.errstate(invalid="ignore", divide="ignore"):
-            if self.size == "rho_star":
-                rho = col["rho_star"]
+            if self.period:
+                t14 = col["t14"]
+                chord2 = (1.0 + k) ** 2 - b * b
+                xp = np.pi * t14 / self.period
+                ok &= (t14 > 0) & (xp < np.pi / 2) & (chord2 > 0)
+                sn = np.sin(np.where(ok, xp, 0.5))
+                a_rs = np.sqrt(np.where(ok, chord2, 1.0) / sn**2 + b * b)
+                ok &= a_rs > 1.0
+                rho = stellar_density(a_rs, self.period)
                 if self.density is not None:
-                    ok &= rho > 0
                     lp -= 0.5 * ((rho - self.density[0]) / self.density[1]) ** 2
                 else:
                     ok &= (rho >= RHO_RANGE[0]) & (rho <= RHO_RANGE[1])
-                    lp -= np.log(np.where(rho > 0, rho, 1.0))
-                a_rs = a_rs_from_density(np.where(rho > 0, rho, 1.0), self.period)
+                    lp -= np.log(rho)
+                lp += np.where(ok, density_jacobian(rho, a_rs, k, b, np.where(ok, t14, 0.0), self.period), 0.0)
                 per = self.period
             else:
                 t14 = col["t14"]
@@ -409,9 +424,7 @@ class Posterior:
             return out
         ll = np.zeros(len(idx))
         for i, night in enumerate(self.nights):
-            tr = np.empty((len(idx), len(night.t)))
-            for j, m in enumerate(idx):
-                tr[j] = night.model.flux_orbit(night.tref + x[m, i], k[m], a_rs[m], inc[m], u1[m], u2[m], per)
+            tr = night.model.flux_batch(night.tref + x[idx, i], k[idx], a_rs[idx], b[idx], u1[idx], u2[idx], per)
             if self.noise == "gp":
                 ll += self._night_gp(night).loglike(tr, 10.0 ** g[idx, i, 0], 10.0 ** g[idx, i, 1] / 1440.0)[0]
                 continue

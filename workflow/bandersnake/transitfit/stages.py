@@ -28,8 +28,35 @@ def _empty_lc(path, why):
     write_text(f"# transit fit not done: {why}\n", path)
 
 
+def _forked(fn, *args):
+    """Run ``fn(*args)`` in a forked process (its figures are drawn while this one draws others);
+    the process, to :func:`_join`. None (and ``fn`` run here) when no process can be forked."""
+    import multiprocessing
+    import os
+
+    if not hasattr(os, "fork"):
+        fn(*args)
+        return None
+    try:
+        proc = multiprocessing.get_context("fork").Process(target=fn, args=args, daemon=True)
+        proc.start()
+    except OSError as err:
+        log.warning("drawing in this process: cannot fork (%s)", err)
+        fn(*args)
+        return None
+    return proc
+
+
+def _join(proc, what):
+    if proc is None:
+        return
+    proc.join()
+    if proc.exitcode != 0:
+        raise RuntimeError(f"{what}: the process drawing it failed (exit code {proc.exitcode}; see the log)")
+
+
 def transit_fit_stage(differential_path, centroid_path, outputs, settings, filter_name=None, night="",
-                      target="", flat_path=None):
+                      target="", flat_path=None, threads=1):
     """Transit fit of one (night, target) (rule ``transit_fit``).
 
     Parameters
@@ -45,6 +72,9 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
         The science filter (limb darkening from the table).
     flat_path : path, optional
         The target's master flat: its FILTER keyword gives ``filter_name`` when that is not given.
+    threads : int
+        Processes to use (2: two MCMC ensembles side by side, and the corner plot drawn while the
+        fit's figure is; :func:`~.sampler.run_mcmc`).
 
     Returns
     -------
@@ -79,8 +109,8 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
     try:
         inputs = night_inputs(differential_path, centroid_path, s, aperture)
         ld = limb_darkening_prior(s, filter_name)
-        res = fit_night(inputs["t"], inputs["flux"], inputs["err"], s, inputs["regressors"], inputs["exptime_s"],
-                        ld=ld, name=night)
+        res = fit_night(inputs["t"], inputs["flux"], inputs["err"], {**s, "threads": int(threads)},
+                        inputs["regressors"], inputs["exptime_s"], ld=ld, name=night)
     except ValueError as err:
         table = read_differential(differential_path, aperture)
         ok = table["frame_ok"].astype(bool)
@@ -94,9 +124,12 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
         _write_yaml(report, outputs["fit"])
         return report
     report = report_dict(res, s, night=night, target=target, aperture=inputs["aperture"])
+    corner = _forked(plot_corner, res["samples"], outputs["corner"]) if threads > 1 else None
     plot_night_fit(res, outputs["plot"], title=f"{target} {night}: transit fit (batman, emcee)")
-    plot_corner(res["samples"], outputs["corner"])
+    if threads <= 1:
+        plot_corner(res["samples"], outputs["corner"])
     write_lc_table(inputs, res, s, outputs["lc"], night=night, target=target)
+    _join(corner, outputs["corner"])
     _write_yaml(report, outputs["fit"])
     p = report
     nz = p["noise"]
