@@ -68,8 +68,9 @@ def draw_case(seed, b=None, red=True, noise_seed=None):
     return t, flux, np.full(len(t), sw), settings, ld, truth
 
 
-def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False):
+def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False, threads=1):
     t, flux, err, settings, ld, truth = draw_case(seed, b, red)
+    settings["threads"] = threads
     if prior_as_population:   # diagnostic: the fit's priors of b and limb darkening = the simulator's spread
         settings["b_max"] = 0.9
         ld["sigma"] = 0.05
@@ -78,9 +79,14 @@ def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_populatio
     if kernel:
         settings["gp_kernel"] = kernel
     t1 = time.process_time()
+    wall0 = time.time()
+    _children_cpu()
     res = fit_night(t, flux, err, settings, exptime_s=50.0, ld=ld)
     cpu = time.process_time() - t1
-    out = dict(seed=seed, cpu_s=cpu, converged=res["chain"]["converged"], steps=res["chain"]["n_steps"],
+    cpu += _children_cpu()   # the second ensemble's process (threads 2)
+    out = dict(seed=seed, cpu_s=cpu, wall_s=time.time() - wall0, converged=res["chain"]["converged"],
+               steps=res["chain"]["n_steps"], n_ensembles=res["chain"].get("n_ensembles", 1),
+               rhat_max=max(res["chain"].get("rhat", [1.0])),
                beta=res["noise"]["beta"], noise=res["noise"]["model"], **{f"true_{k}": v for k, v in truth.items()})
     if "gp" in res["noise"]:
         out["gp_h"] = res["noise"]["gp"]["h"]["median"]
@@ -93,6 +99,50 @@ def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_populatio
         out[f"{name}_pull"] = (s["median"] - v) / (0.5 * (s["p84"] - s["p16"]))
         out[f"{name}_err"] = 0.5 * (s["p84"] - s["p16"])
     return out
+
+
+_CHILDREN = [0.0]
+
+
+def _children_cpu():
+    """CPU seconds of ended child processes since the last call."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    now = ru.ru_utime + ru.ru_stime
+    out, _CHILDREN[0] = now - _CHILDREN[0], now
+    return out
+
+
+def _rates(rows):
+    n = len(rows)
+    cells = []
+    for name in ("t0", "rp_rs_sq"):
+        cells.append(f"{100 * np.mean([r[f'{name}_in68'] for r in rows]):.0f} % / "
+                     f"{100 * np.mean([r[f'{name}_in95'] for r in rows]):.0f} %")
+    pulls = [np.array([r[f"{name}_pull"] for r in rows]) for name in ("t0", "rp_rs_sq")]
+    return (f"| {n} | {cells[0]} | {cells[1]} | {np.std(pulls[0]):.2f} / {np.std(pulls[1]):.2f} "
+            f"| {np.mean(pulls[0]):+.2f} |")
+
+
+def report_split(rows):
+    """The BENCHMARKS.md table: all cases and subsets (transit seen whole or not, b, red noise)."""
+    print("| sample | cases | T0 in 68 % / 95 % | rp_rs_sq in 68 % / 95 % | pull std T0 / rp_rs_sq | mean T0 pull |")
+    print("|---|---|---|---|---|---|")
+    subsets = [("all", lambda r: True),
+               ("red noise < 0.1 of the white level", lambda r: r["true_sigma_red"] < 0.1 * r["true_sigma_white"]),
+               ("red noise 0.1-0.4 of the white level", lambda r: r["true_sigma_red"] >= 0.1 * r["true_sigma_white"]),
+               ("full transits", lambda r: not r["true_partial"]),
+               ("partial transits", lambda r: r["true_partial"]),
+               ("b < 0.2", lambda r: r["true_b"] < 0.2),
+               ("b < 0.2, full", lambda r: r["true_b"] < 0.2 and not r["true_partial"]),
+               ("b < 0.2, partial", lambda r: r["true_b"] < 0.2 and r["true_partial"]),
+               ("b 0.2-0.75", lambda r: 0.2 <= r["true_b"] <= 0.75),
+               ("b > 0.75", lambda r: r["true_b"] > 0.75)]
+    for label, keep in subsets:
+        sub = [r for r in rows if keep(r)]
+        if sub:
+            print(f"| {label} " + _rates(sub))
 
 
 def report(rows):
@@ -112,6 +162,12 @@ def report(rows):
                   f"{100 * tol:.0f}; binomial s.e. {100 * se:.1f}) {ok}")
         pulls = np.array([r[f"{name}_pull"] for r in rows])
         print(f"{name:9s} pulls: mean {np.mean(pulls):+.2f}, std {np.std(pulls):.2f}")
+    if any("wall_s" in r for r in rows):
+        wall = np.array([r.get("wall_s", np.nan) for r in rows])
+        print(f"wall per fit: median {np.nanmedian(wall):.1f} s; ensembles per fit: "
+              f"{sorted({r.get('n_ensembles', 1) for r in rows})}; steps median {np.median([r['steps'] for r in rows]):.0f}; "
+              f"largest R-hat {max(r.get('rhat_max', 1.0) for r in rows):.3f}")
+    report_split(rows)
 
 
 def main(argv=None):
@@ -125,6 +181,8 @@ def main(argv=None):
     ap.add_argument("--no-red", action="store_true", help="white noise only")
     ap.add_argument("--prior-as-population", action="store_true",
                     help="diagnostic: fit with b < 0.9 and limb-darkening priors of width 0.05, the simulator's spread")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="processes per fit (2: two MCMC ensembles, as the workflow's rule runs it)")
     ap.add_argument("--json", default=None, help="write the per-case rows here (one JSON object per line, as they end)")
     ap.add_argument("--report", default=None, help="only summarise the rows of an earlier --json file")
     args = ap.parse_args(argv)
@@ -137,7 +195,8 @@ def main(argv=None):
     rows = []
     out = open(args.json, "a") if args.json else None
     with Pool(args.jobs) as pool:
-        for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population) for s in seeds]):
+        for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population, args.threads)
+                                         for s in seeds]):
             rows.append(row)
             if out:
                 out.write(json.dumps(row) + "\n")

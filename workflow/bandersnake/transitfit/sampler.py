@@ -203,17 +203,48 @@ class _Local:
         pass
 
 
+def fork_call(fn, *args):
+    """Run ``fn(*args)`` in a forked child process; its process id (for :func:`wait_child`).
+
+    A bare ``os.fork`` rather than ``multiprocessing.Process``: it also works from daemonic
+    processes (a multiprocessing pool's workers, a job server's), which may not start
+    multiprocessing children. The child ends with ``os._exit`` (exit code 1 and the traceback on
+    stderr if ``fn`` raised): the parent's buffers and exit handlers are not run twice.
+    """
+    import os
+
+    pid = os.fork()
+    if pid == 0:   # pragma: no cover -- the child (coverage does not follow forks)
+        code = 1
+        try:
+            fn(*args)
+            code = 0
+        except BaseException:   # noqa: BLE001 -- reported by the exit code and on stderr
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def wait_child(pid):
+    """Exit code of the forked child ``pid`` (waits for it)."""
+    import os
+
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
 class _Forked:
     """An ensemble run by a forked process, in blocks the parent asks for (the posterior, its light
     curves and buffers are inherited by the fork, not pickled); its chain comes back per block."""
 
     def __init__(self, post, x_best, cov, seed, n_walkers):
-        import multiprocessing
+        from multiprocessing import Pipe
 
-        ctx = multiprocessing.get_context("fork")
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=self._serve, args=(child, post, x_best, cov, seed, n_walkers), daemon=True)
-        self.proc.start()
+        self.conn, child = Pipe()
+        self.pid = fork_call(self._serve, child, post, x_best, cov, seed, n_walkers)
         child.close()
         self.parts, self.logp, self.acc = [], [], None
 
@@ -248,10 +279,8 @@ class _Forked:
             self.conn.send(None)
         except OSError:
             pass
-        self.proc.join(timeout=5)
-        if self.proc.is_alive():
-            self.proc.terminate()
         self.conn.close()
+        wait_child(self.pid)
 
 
 def _ensembles(post, x_best, cov, seed, n_walkers, threads):

@@ -29,30 +29,26 @@ def _empty_lc(path, why):
 
 
 def _forked(fn, *args):
-    """Run ``fn(*args)`` in a forked process (its figures are drawn while this one draws others);
-    the process, to :func:`_join`. None (and ``fn`` run here) when no process can be forked."""
-    import multiprocessing
+    """Run ``fn(*args)`` in a forked process (its figure is drawn while this one draws another);
+    the process id, for :func:`_join`. None (and ``fn`` run here) when no process can be forked."""
     import os
 
-    if not hasattr(os, "fork"):
-        fn(*args)
-        return None
-    try:
-        proc = multiprocessing.get_context("fork").Process(target=fn, args=args, daemon=True)
-        proc.start()
-    except OSError as err:
-        log.warning("drawing in this process: cannot fork (%s)", err)
-        fn(*args)
-        return None
-    return proc
+    from .sampler import fork_call
+
+    if hasattr(os, "fork"):
+        try:
+            return fork_call(fn, *args)
+        except OSError as err:
+            log.warning("drawing in this process: cannot fork (%s)", err)
+    fn(*args)
+    return None
 
 
-def _join(proc, what):
-    if proc is None:
-        return
-    proc.join()
-    if proc.exitcode != 0:
-        raise RuntimeError(f"{what}: the process drawing it failed (exit code {proc.exitcode}; see the log)")
+def _join(pid, what):
+    from .sampler import wait_child
+
+    if pid is not None and (code := wait_child(pid)) != 0:
+        raise RuntimeError(f"{what}: the process drawing it failed (exit code {code}; traceback on stderr)")
 
 
 def transit_fit_stage(differential_path, centroid_path, outputs, settings, filter_name=None, night="",
