@@ -225,20 +225,27 @@ def fit_transits(nights, starts, settings, ld):
     rng = np.random.default_rng(int(s["seed"]) + 1)
     pick = rng.choice(len(samples), size=min(len(samples), 1000), replace=False)
     baseline, gp_summaries = [], []
+    pars = [post.unpack(samples[j]) for j in pick]
+    orbits = np.array([post.orbit(par)[:2] for par in pars])           # a/R*, inclination (deg)
     for i, night in enumerate(nights):
         draws, scale, gp_sigma = [], [], []
-        for j in pick:
-            par = post.unpack(samples[j])
-            if post.noise == "gp":
-                h, tau = par["gp"][i]
-                tr = post.transit(par, i)
-                _, c, finv, s2 = post.gp_solve(night, tr, h, tau)
-                cov = s2 * finv
-                scale.append(math.sqrt(s2))
-                gp_sigma.append(math.sqrt(s2) * h * night.info["gp"]["err_ref"])
-            else:
+        if post.noise == "gp":   # all picked samples in one vectorised call
+            t0 = np.array([par["t0"][i] for par in pars])
+            k = np.sqrt([par["rp_rs_sq"] for par in pars])
+            b = np.array([par["b"] for par in pars], float)
+            u1, u2 = np.array([par["u1"] for par in pars]), np.array([par["u2"] for par in pars])
+            tr = night.model.flux_batch(t0, k, orbits[:, 0], b, u1, u2, post.orbit(pars[0])[3])
+            h = np.array([par["gp"][i][0] for par in pars])
+            tau = np.array([par["gp"][i][1] for par in pars])
+            _, c, finv, s2 = post._night_gp(night).loglike(tr, h, tau)
+            chol = np.linalg.cholesky(s2[:, None, None] * finv)
+            draws = c + (chol @ rng.standard_normal(c.shape + (1,)))[..., 0]
+            scale = np.sqrt(s2)
+            gp_sigma = scale * h * night.info["gp"]["err_ref"]
+        else:
+            for par in pars:
                 _, _, c, cov = post.best_baseline(par, i)
-            draws.append(rng.multivariate_normal(c, cov))
+                draws.append(rng.multivariate_normal(c, cov))
         draws = np.array(draws)
         baseline.append({name: summarize(draws[:, m], "relative flux per unit regressor")
                          for m, name in enumerate(night.lin_names)})
