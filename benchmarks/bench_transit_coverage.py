@@ -91,8 +91,12 @@ def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_populatio
     if "gp" in res["noise"]:
         out["gp_h"] = res["noise"]["gp"]["h"]["median"]
         out["gp_tau_min"] = res["noise"]["gp"]["tau_min"]["median"]
-    for name in ("t0", "rp_rs_sq"):
-        s = res["t0"] if name == "t0" else res["parameters"][name]
+    # the contact times (T0 -/+ T14/2) and which of them the night saw
+    truth["t1"], truth["t4"] = truth["t0"] - truth["t14"] / 2, truth["t0"] + truth["t14"] / 2
+    out["t1_seen"] = bool(t[0] < truth["t1"] < t[-1])
+    out["t4_seen"] = bool(t[0] < truth["t4"] < t[-1])
+    for name in ("t0", "rp_rs_sq", "t1", "t4"):
+        s = res["t0"] if name == "t0" else res["contacts"][name] if name in ("t1", "t4") else res["parameters"][name]
         v = truth[name]
         out[f"{name}_in68"] = bool(s["p16"] <= v <= s["p84"])
         out[f"{name}_in95"] = bool(s["p2.5"] <= v <= s["p97.5"])
@@ -123,6 +127,18 @@ def _rates(rows):
     pulls = [np.array([r[f"{name}_pull"] for r in rows]) for name in ("t0", "rp_rs_sq")]
     return (f"| {n} | {cells[0]} | {cells[1]} | {np.std(pulls[0]):.2f} / {np.std(pulls[1]):.2f} "
             f"| {np.mean(pulls[0]):+.2f} |")
+
+
+def report_contacts(rows):
+    """Coverage of the contact times a night saw (a partial transit: the one contact in its window)."""
+    rows = [r for r in rows if "t1_seen" in r]
+    for label, keep in (("full", lambda r: not r["true_partial"]), ("partial", lambda r: r["true_partial"])):
+        hits = [(r[f"{c}_in68"], r[f"{c}_in95"], r[f"{c}_pull"]) for r in rows if keep(r) for c in ("t1", "t4")
+                if r[f"{c}_seen"]]
+        if hits:
+            h = np.array(hits, float)
+            print(f"contact times seen, {label} transits: {len(h)}; in 68 % {100 * h[:, 0].mean():.0f} %, in 95 % "
+                  f"{100 * h[:, 1].mean():.0f} %, pull mean {h[:, 2].mean():+.2f} std {h[:, 2].std():.2f}")
 
 
 def report_split(rows):
@@ -168,6 +184,7 @@ def report(rows):
               f"{sorted({r.get('n_ensembles', 1) for r in rows})}; steps median {np.median([r['steps'] for r in rows]):.0f}; "
               f"largest R-hat {max(r.get('rhat_max', 1.0) for r in rows):.3f}")
     report_split(rows)
+    report_contacts(rows)
 
 
 def main(argv=None):

@@ -198,7 +198,7 @@ def fit_transits(nights, starts, settings, ld):
     # best fit under white noise first: the start of every noise model, and the residuals whose
     # white scale and beta are reported (and used by the beta and white models)
     post = Posterior(nights, noise="white" if noise == "white" else "beta", **common)
-    x_best, _ = best_fit(post, start_vectors(post, starts))
+    x_best, _ = best_fit(post, start_vectors(post, starts), threads=int(s.get("threads") or 1))
     set_noise(post, x_best, beta=noise != "white")
     if noise == "gp":
         post = Posterior(nights, noise="gp", kernel=s.get("gp_kernel") or "matern32", **common)
@@ -220,6 +220,10 @@ def fit_transits(nights, starts, settings, ld):
     if post.b_fixed is None:
         params["b"]["upper_95"] = float(np.percentile(values["b"], 95))
     t0_summ = [summarize(v, UNITS["t0"]) for v in t0s]
+    # first and last contact per night (T0 -/+ T14/2): a night that sees only the ingress or the
+    # egress measures that contact time directly; its T0 leans on T14, so on b
+    contacts = [{"t1": summarize(v - values["t14"] / 2, UNITS["t0"]), "t4": summarize(v + values["t14"] / 2, UNITS["t0"])}
+                for v in t0s]
     # Baseline coefficients: conditional Gaussian draws for a subset of the samples (with the GP,
     # also the white scale's conditional estimate and so the red noise's amplitude).
     rng = np.random.default_rng(int(s["seed"]) + 1)
@@ -284,7 +288,7 @@ def fit_transits(nights, starts, settings, ld):
             row["gp"] = gp_summaries[i]
         noise.append(row)
     chain["max_log_prob_vector"] = [float(v) for v in med]
-    return {"parameters": params, "t0": t0_summ, "samples": {**values, "t0": t0s}, "chain": chain,
+    return {"parameters": params, "t0": t0_summ, "contacts": contacts, "samples": {**values, "t0": t0s}, "chain": chain,
             "noise": noise, "baseline": baseline, "best": best, "names": post.names, "density_prior": density,
             "ld": ld, "period": s.get("period")}
 
@@ -297,6 +301,7 @@ def fit_night(t, flux, err, settings=None, regressors=None, exptime_s=None, ld=N
     night, start = prepare_night(name, t, flux, err, s, regressors, exptime_s)
     res = fit_transits([night], [start], s, ld or limb_darkening_prior(s))
     res["t0"] = res["t0"][0]
+    res["contacts"] = res["contacts"][0]
     res["samples"]["t0"] = res["samples"]["t0"][0]
     res["noise"] = res["noise"][0]
     res["baseline"] = res["baseline"][0]

@@ -84,6 +84,8 @@ def report_dict(res, settings, night="", target="", aperture=None):
     for key in ("rp_rs", "b", "t14", "a_rs", "inc_deg", "stellar_density", "u1", "u2"):
         if key in p:
             rep[key] = p[key]
+    if "contacts" in res:    # first / last contact, T0 -/+ T14/2 (what a partial transit measures)
+        rep.update(res["contacts"])
     rep["baseline"] = res["baseline"]
     rep["noise"] = res["noise"]
     rep["chain"] = {k: v for k, v in res["chain"].items() if k != "max_log_prob_vector"}

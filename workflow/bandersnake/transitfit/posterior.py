@@ -243,7 +243,9 @@ class Posterior:
                 return -np.inf
             else:
                 lp -= math.log(rho)
-            lp += float(density_jacobian(rho, a_rs, k, b, t14, self.period))
+            x = math.pi * t14 / self.period     # density_jacobian, in scalars (the optimiser's calls)
+            lp += math.log(rho * 3 * math.pi * ((1.0 + k) ** 2 - b * b) * math.cos(x)
+                           / (self.period * a_rs**2 * math.sin(x) ** 3))
         elif not T14_MIN_D <= par["t14"] <= T14_MAX_D:
             return -np.inf
         if self.fit_ld:
