@@ -317,7 +317,10 @@ class _Forked:
         self.conn.send(steps)
 
     def wait(self):
-        out = self.conn.recv()
+        try:
+            out = self.conn.recv()
+        except EOFError:
+            out = "its process ended without a result (killed?)"
         if isinstance(out, str):
             raise RuntimeError(f"MCMC: the second ensemble failed: {out}")
         self.parts.append(out[0])
