@@ -100,6 +100,7 @@ class TransitModel:
         # batman's own sub-exposure times (relative to tref), for the vectorised model
         self._t_super = np.ascontiguousarray(self._m.t_supersample, float)
         self._phase_period = None
+        self._sorted = bool(np.all(np.diff(self._t_super) >= 0))
 
     def flux(self, t0, rp_rs_sq, b, t14, u1, u2, period=None):
         """Relative flux (1 out of transit) at the model's times; NaNs for an impossible geometry."""
@@ -142,16 +143,28 @@ class TransitModel:
         if self._phase_period != per:     # cos, sin of omega t, once: cos(phi) by angle addition
             self._cs = np.cos(omega * self._t_super), np.sin(omega * self._t_super)
             self._phase_period = per
-        w0 = omega * (t0 - self.tref)
-        c = np.cos(w0)[:, None] * self._cs[0] + np.sin(w0)[:, None] * self._cs[1]
-        c2 = c * c
-        d2 = (a_rs * a_rs)[:, None] * (1.0 - c2) + (b * b)[:, None] * c2
-        lc = np.ones_like(d2)
-        inside = (c > 0.0) & (d2 < ((1.0 + rp_rs) ** 2)[:, None])   # c <= 0: behind the star
-        for j in np.flatnonzero(inside.any(axis=1)):
-            m = inside[j]
-            lc[j, m] = _quadratic_ld._quadratic_ld(np.sqrt(d2[j, m]), float(rp_rs[j]), float(u1[j]),
-                                                   float(u2[j]), 1)
+        ts = self._t_super
+        i0, i1 = 0, len(ts)
+        if self._sorted and np.ptp(ts) < per / 2:
+            # only the sub-exposures some walker can have in transit: d < 1 + k needs
+            # |sin phi| < (1 + k) / a with cos phi > 0, i.e. |t - t0| < P / (2 pi) asin((1 + k) / a)
+            with np.errstate(invalid="ignore"):
+                half = np.arcsin(np.minimum(1.0, (1.0 + rp_rs) / a_rs)) / omega
+                lo, hi = np.min(t0 - self.tref - half), np.max(t0 - self.tref + half)
+            if np.isfinite(lo) and np.isfinite(hi):
+                i0, i1 = np.searchsorted(ts, lo), min(int(np.searchsorted(ts, hi)) + 1, len(ts))
+        lc = np.ones((len(t0), len(ts)))
+        if i1 > i0:
+            w0 = omega * (t0 - self.tref)
+            c = np.cos(w0)[:, None] * self._cs[0][i0:i1] + np.sin(w0)[:, None] * self._cs[1][i0:i1]
+            c2 = c * c
+            d2 = (a_rs * a_rs)[:, None] * (1.0 - c2) + (b * b)[:, None] * c2
+            inside = (c > 0.0) & (d2 < ((1.0 + rp_rs) ** 2)[:, None])   # c <= 0: behind the star
+            part = lc[:, i0:i1]
+            for j in np.flatnonzero(inside.any(axis=1)):
+                m = inside[j]
+                part[j, m] = _quadratic_ld._quadratic_ld(np.sqrt(d2[j, m]), float(rp_rs[j]), float(u1[j]),
+                                                         float(u2[j]), 1)
         if self.factor > 1:
             lc = lc.reshape(len(lc), len(self.t), self.factor).mean(axis=2)
         return lc
