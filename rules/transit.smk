@@ -34,10 +34,10 @@ rule transit_fit:
         logs("{night}/logs/transit_fit_{target}.log"),
     benchmark:
         bench("{night}/benchmarks/transit_fit_{target}.tsv")
-    # two MCMC ensembles side by side (and the corner plot drawn beside the fit's figure)
-    threads: min(2, config["processing"]["threads"])
     conda:
         "../envs/bandersnake.yaml"
+    # two MCMC ensembles side by side (and the corner plot drawn beside the fit's figure)
+    threads: min(2, config["processing"]["threads"])
     params:
         transit=transit_params,
     script:
