@@ -120,7 +120,14 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
         _write_yaml(report, outputs["fit"])
         return report
     report = report_dict(res, s, night=night, target=target, aperture=inputs["aperture"])
-    corner = _forked(plot_corner, res["samples"], outputs["corner"]) if threads > 1 else None
+    corner = None
+    if threads > 1:
+        # matplotlib imported once, here, before the fork: both processes use it (in the child
+        # the import was half of the corner plot's time)
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+
+        corner = _forked(plot_corner, res["samples"], outputs["corner"])
     plot_night_fit(res, outputs["plot"], title=f"{target} {night}: transit fit (batman, emcee)")
     if threads <= 1:
         plot_corner(res["samples"], outputs["corner"])
