@@ -36,6 +36,9 @@ rule transit_fit:
         bench("{night}/benchmarks/transit_fit_{target}.tsv")
     conda:
         "../envs/bandersnake.yaml"
+    # the night's longest job, on its critical path: it starts before the plots and exports
+    # that become ready with it
+    priority: 10
     params:
         transit=transit_params,
     script:
