@@ -16,7 +16,10 @@ Builds, from scratch, in ``--dir`` (a temporary folder by default):
 
 For each run it prints the total wall time (the ``snakemake`` process, start-up included) and
 every job's wall time, from the start and end times Snakemake records for each output
-(``.snakemake/metadata``), with the summed time per rule and the critical path. Usage::
+(``.snakemake/metadata``), with the summed time per rule and the critical path, and the CPU time
+of all its processes. Each run starts its own fork server (``bandersnake.forkserver``) in a fresh
+folder, so none of an earlier run is reused; its CPU time and its workers' (the ``forkserver:``
+lines of the job logs) are counted. Usage::
 
     .venv/bin/python benchmarks/bench_night.py                      # 300 science frames
     .venv/bin/python benchmarks/bench_night.py --science 939 --exptime 10 --skip-cold   # 1000 frames

@@ -128,6 +128,36 @@ def test_a_cancelled_job_takes_its_worker_down(tmp_path, server_env):
     pytest.fail(f"worker {worker} still runs after its job was killed")
 
 
+def test_a_job_no_worker_took_runs_itself(tmp_path, server_env):
+    """A server that ends while a job connects (its socket closed unanswered) must not fail the job."""
+    import socket
+    import threading
+
+    env = dict(server_env)
+    script = tmp_path / "tmpjob.test_job.py"
+    script.write_text(SCRIPT)
+    key = subprocess.run([sys.executable, "-c", "from bandersnake import forkserver as f; print(f.server_key())"],
+                         env=env, capture_output=True, text=True, check=True).stdout.strip()
+    fake = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fake.bind(str(Path(env["BANDERSNAKE_FORKSERVER_DIR"]) / f"{key}.sock"))
+    fake.listen(4)
+
+    called = threading.Event()
+
+    def hang_up():
+        conn, _ = fake.accept()
+        conn.recv(1 << 16)
+        called.set()
+        conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    job = _job(tmp_path, env, BANDERSNAKE_FORKSERVER_IDLE="1")
+    fake.close()
+    assert called.is_set(), "the job did not reach the (fake) server"
+    assert job.returncode == 0, job.stderr
+    assert int(_fields(job.stdout)["runner"]) == job.pid
+
+
 def test_switch_off_runs_the_job_itself(tmp_path, server_env):
     _job(tmp_path, server_env)
     _wait_for_server(server_env)

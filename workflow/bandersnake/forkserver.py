@@ -151,7 +151,8 @@ def continue_in_forkserver():
     The worker runs the file Python was started with (``sys.argv[0]``: Snakemake's copy of the
     rule script behind its preamble, which sets ``snakemake`` again).
     """
-    if _in_worker or not enabled():
+    script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if _in_worker or not enabled() or not (script.endswith(".py") and os.path.isfile(script)):
         return
     try:
         path = os.path.join(socket_dir(), f"{server_key()}.sock")
@@ -167,12 +168,20 @@ def continue_in_forkserver():
         return
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    request = {"script": os.path.abspath(sys.argv[0]), "cwd": os.getcwd(), "env": dict(os.environ),
-               "argv": list(sys.argv), "umask": _umask()}
+    request = {"script": script, "cwd": os.getcwd(), "env": dict(os.environ), "argv": list(sys.argv),
+               "umask": _umask()}
     try:
         _send(sock, request, fds=(0, 1, 2))
+        started = _recv(sock)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        started = None
+    if started is None:
+        # no worker took the job (the server was ending): run it here
+        sock.close()
+        return
+    try:
         reply = _recv(sock)
-    except OSError:
+    except (OSError, EOFError, pickle.UnpicklingError):
         reply = None
     if reply is None:
         print("bandersnake fork server: the job's worker ended without a status (killed, or crashed); "
@@ -207,7 +216,7 @@ def start_server(path):
     try:
         subprocess.Popen([sys.executable, "-m", "bandersnake.forkserver", "serve", path],
                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
-                         start_new_session=True, cwd="/")
+                         start_new_session=True, cwd=str(PACKAGE_DIR.parent))
     except OSError:
         pass
     finally:
@@ -328,33 +337,36 @@ def serve(path, idle_s=None):
     server.bind(path)
     server.listen(64)
     Path(path[:-len(".sock")] + ".pid").write_text(f"{os.getpid()}\n")
+    def take_job():
+        conn, _ = server.accept()
+        try:
+            request, fds = _receive_job(conn)
+        except (OSError, ValueError, pickle.PickleError, EOFError):
+            conn.close()
+            return
+        preload.script(request["script"])
+        if os.fork() == 0:
+            server.close()
+            lock.close()
+            _worker(conn, request, fds)          # never returns
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
     last = time.monotonic()
     try:
         while time.monotonic() - last < idle_s:
-            if not select.select([server], [], [], 1.0)[0]:
-                continue
-            conn, _ = server.accept()
-            last = time.monotonic()
-            try:
-                request, fds = _receive_job(conn)
-            except (OSError, ValueError, pickle.PickleError, EOFError):
-                conn.close()
-                continue
-            preload.script(request["script"])
-            if os.fork() == 0:
-                server.close()
-                lock.close()
-                _worker(conn, request, fds)          # never returns
-            for fd in fds:
-                os.close(fd)
-            conn.close()
-            last = time.monotonic()
-    finally:
+            if select.select([server], [], [], 1.0)[0]:
+                take_job()
+                last = time.monotonic()
+        # Ending: no new connections, then the ones already queued are served.
         try:
-            if os.path.exists(path) and os.stat(path).st_ino == os.fstat(server.fileno()).st_ino:
-                os.unlink(path)
+            os.unlink(path)
         except OSError:
             pass
+        while select.select([server], [], [], 0)[0]:
+            take_job()
+    finally:
         server.close()
 
 
@@ -401,6 +413,7 @@ def _worker(conn, request, fds):
         os.umask(request["umask"])
         tempfile.tempdir = None      # from the job's TMPDIR, not the server's
         sys.argv = request["argv"]
+        _send(conn, {"worker": os.getpid()})
         finished = _watch_client(conn)
         namespace = {"__name__": "__main__", "__file__": request["script"], "__builtins__": builtins}
         preloaded = set(sys.modules)
