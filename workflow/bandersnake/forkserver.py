@@ -21,6 +21,9 @@ one crash never reaches another job) and the job's process waits for it and exit
   process killed) takes its worker down with it (the worker watches the connection).
 * Snakemake's ``benchmark:`` records measure the job's own process, which only waits: the worker's
   CPU time and peak memory are written at the end of the job's log (``forkserver:`` line).
+* A worker has the server's resource limits, priority and BLAS thread pool (sized by the
+  environment of the job that started the server); numba's threads are set per job from its
+  ``threads``. On SLURM each allocation has its own server (the key holds ``SLURM_JOB_ID``).
 
 Usage (Snakemake does the first; the second is what :func:`start_server` runs)::
 
