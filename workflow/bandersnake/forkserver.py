@@ -11,8 +11,9 @@ one crash never reaches another job) and the job's process waits for it and exit
 
 * The server is keyed by everything that decides what the imported code is: the Python
   executable, the package's sources (paths, sizes and times), the site-packages folder, the
-  environment variables read at import (``NUMBA_*``, ``OMP_*``, ``MPL*``, ``HOME`` ...), the user
-  and the SLURM job. A changed source file starts a new server; the old one ends when idle.
+  environment variables read at import (``NUMBA_*``, ``MPL*``, ``ASTROPY*``, ``HOME`` ...), the
+  user, the SLURM job and the control group (a batch system's allocation). A changed source file
+  starts a new server; the old one ends when idle.
 * It ends after ``BANDERSNAKE_FORKSERVER_IDLE`` seconds without a job (default 60).
 * A job that cannot reach a server (none yet, a stale socket, any error) runs itself, as without
   the server. ``processing.fork_server: false`` in the config (or ``BANDERSNAKE_FORKSERVER=0``)
@@ -82,6 +83,8 @@ def enabled():
     """Whether jobs hand over to a fork server here (switch on, not inside a container)."""
     if os.environ.get(SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
+    if not (hasattr(os, "fork") and hasattr(socket, "send_fds") and hasattr(socket, "AF_UNIX")):
+        return False
     return not any(k in os.environ for k in ("SINGULARITY_CONTAINER", "APPTAINER_CONTAINER"))
 
 
@@ -98,6 +101,12 @@ def server_key():
     for name in sorted(os.environ):
         if name.startswith(KEY_ENV_PREFIXES):
             h.update(f"{name}={os.environ[name]}\0".encode())
+    # A batch system's allocation (SLURM, PBS, LSF ...) is a control group: a job never runs in a
+    # server another allocation started (that server dies, and its CPUs are not this job's)
+    try:
+        h.update(Path("/proc/self/cgroup").read_bytes())
+    except OSError:
+        pass
     return h.hexdigest()[:20]
 
 
