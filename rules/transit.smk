@@ -34,11 +34,11 @@ rule transit_fit:
         logs("{night}/logs/transit_fit_{target}.log"),
     benchmark:
         bench("{night}/benchmarks/transit_fit_{target}.tsv")
-    conda:
-        "../envs/bandersnake.yaml"
     # the night's longest job, on its critical path: it starts before the plots and exports
     # that become ready with it
     priority: 10
+    conda:
+        "../envs/bandersnake.yaml"
     params:
         transit=transit_params,
     script:
