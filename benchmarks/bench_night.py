@@ -16,7 +16,10 @@ Builds, from scratch, in ``--dir`` (a temporary folder by default):
 
 For each run it prints the total wall time (the ``snakemake`` process, start-up included) and
 every job's wall time, from the start and end times Snakemake records for each output
-(``.snakemake/metadata``), with the summed time per rule and the critical path. Usage::
+(``.snakemake/metadata``), with the summed time per rule and the critical path, and the CPU time
+of all its processes. Each run starts its own fork server (``bandersnake.forkserver``) in a fresh
+folder, so none of an earlier run is reused; its CPU time and its workers' (the ``forkserver:``
+lines of the job logs) are counted. Usage::
 
     .venv/bin/python benchmarks/bench_night.py                      # 300 science frames
     .venv/bin/python benchmarks/bench_night.py --science 939 --exptime 10 --skip-cold   # 1000 frames
@@ -30,8 +33,10 @@ import argparse
 import base64
 import json
 import os
+import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -114,16 +119,54 @@ def _children_cpu():
     return r.ru_utime + r.ru_stime
 
 
-def run(cmd, cwd, env, log):
-    """Run ``cmd``; return its wall time and the CPU time (user + sys) of it and all its children:
-    on a shared machine the CPU time moves much less with the load than the wall time."""
-    t, c = time.perf_counter(), _children_cpu()
+def run(cmd, cwd, env, log, server_dir=None, job_logs=None):
+    """Run ``cmd``; return its wall time and the CPU time (user + sys) of it and all its processes:
+    on a shared machine the CPU time moves much less with the load than the wall time.
+
+    With ``server_dir`` (a fresh folder) the run starts its own fork server there (none is
+    running when it starts); its CPU time (the imports) and its workers' (from the ``forkserver:``
+    lines of the job logs under ``job_logs`` written during the run: workers are not children of
+    this process) are added, and the server is stopped afterwards.
+    """
+    if server_dir is not None:
+        env = dict(env, BANDERSNAKE_FORKSERVER_DIR=str(server_dir))
+        server_dir.mkdir(parents=True, mode=0o700)
+    t, c, since = time.perf_counter(), _children_cpu(), time.time()
     with open(log, "w") as fh:
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
     wall, cpu = time.perf_counter() - t, _children_cpu() - c
     if proc.returncode:
         sys.exit(f"{' '.join(map(str, cmd))} failed (exit {proc.returncode}); see {log}")
+    if server_dir is not None:
+        cpu += stop_servers(server_dir) + sum(w["cpu"] for w in worker_usage(job_logs, since).values())
     return wall, cpu
+
+
+def stop_servers(server_dir):
+    """CPU time (s) of the fork servers of ``server_dir`` (from /proc), which are then stopped."""
+    total = 0.0
+    for pid_file in server_dir.glob("*.pid"):
+        pid = int(pid_file.read_text())
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def worker_usage(logs_dir, since=0.0):
+    """``{log name: {"cpu": s, "rss": MB}}`` of the fork-server workers whose job logs under
+    ``logs_dir`` were written after ``since`` (their ``forkserver:`` lines)."""
+    out = {}
+    for f in sorted(Path(logs_dir).glob("*.log")) if logs_dir else []:
+        if f.stat().st_mtime < since:
+            continue
+        m = re.search(r"^forkserver: worker \d+: ([\d.]+) CPU-s .*max RSS (\d+) MB", f.read_text(), re.M)
+        if m:
+            out[f.stem] = {"cpu": float(m.group(1)), "rss": float(m.group(2))}
+    return out
 
 
 def job_times(run_dir):
@@ -177,8 +220,12 @@ def job_benchmarks(run_dir):
         except ValueError:
             continue
     if rows:
-        print("   benchmark: records (wall s / CPU s / max RSS MB): "
-              + ", ".join(f"{n} {w:.2f}/{c:.2f}/{m:.0f}" for n, w, c, m in rows))
+        print("   benchmark: records (wall s / CPU s / max RSS MB; with the fork server the job's own "
+              "process only): " + ", ".join(f"{n} {w:.2f}/{c:.2f}/{m:.0f}" for n, w, c, m in rows))
+    workers = worker_usage(run_dir / "work" / NIGHT / "logs")
+    if workers:
+        print("   fork-server workers (CPU s / max RSS MB, from the job logs): "
+              + ", ".join(f"{n} {u['cpu']:.2f}/{u['rss']:.0f}" for n, u in workers.items()))
     return rows
 
 
@@ -238,6 +285,12 @@ def main(argv=None):
     n_frames = args.science + args.bias + args.dark + 2 * args.flats
     print(f"night {NIGHT}: {n_frames} frames of {args.shape}x{args.shape} ({args.science} science)")
 
+    def servers(label):
+        """A fresh fork-server folder per run: no server of an earlier run is reused."""
+        folder = base / "forkservers" / label
+        shutil.rmtree(folder, ignore_errors=True)
+        return folder, run_dir / "work" / NIGHT / "logs"
+
     def fresh_run_dir():
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir()
@@ -253,18 +306,18 @@ def main(argv=None):
     if not args.skip_cold:
         fresh_run_dir()
         t = time.time()
-        wall = run(smk, proj, env, base / "cold.log")
+        wall = run(smk, proj, env, base / "cold.log", *servers("cold"))
         results["cold"] = report("cold (first night after set-up)", wall, job_times(run_dir), t)
         job_benchmarks(run_dir)
     for i in range(args.warm_runs):
         fresh_run_dir()
         t = time.time()
-        wall = run(smk, proj, env, base / f"warm{i}.log")
+        wall = run(smk, proj, env, base / f"warm{i}.log", *servers(f"warm{i}"))
         results[f"warm{i}"] = report(f"warm run {i + 1}", wall, job_times(run_dir), t)
         job_benchmarks(run_dir)
     name = replace_one_frame(base / "raw" / "SPIRIT2" / "images" / NIGHT_DATE)
     t = time.time()
-    wall = run(smk, proj, env, base / "rerun.log")
+    wall = run(smk, proj, env, base / "rerun.log", *servers("rerun"))
     results["rerun"] = report(f"rerun after replacing {name}", wall, job_times(run_dir), t)
     job_benchmarks(run_dir)
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")

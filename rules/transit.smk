@@ -34,6 +34,9 @@ rule transit_fit:
         logs("{night}/logs/transit_fit_{target}.log"),
     benchmark:
         bench("{night}/benchmarks/transit_fit_{target}.tsv")
+    # the night's longest job, on its critical path: it starts before the plots and exports
+    # that become ready with it
+    priority: 10
     conda:
         "../envs/bandersnake.yaml"
     # two MCMC ensembles side by side (and the corner plot drawn beside the fit's figure)

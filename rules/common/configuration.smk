@@ -108,6 +108,11 @@ def _staging_root():
 
 
 STAGING = _staging_root()
+# Jobs inherit the switch of bandersnake.forkserver (processing.fork_server: false turns it off).
+# Off in a cluster job's snakemake (remote mode: one job each, in its own allocation or srun
+# step), where a server would serve no second job.
+if not config["processing"]["fork_server"] or workflow.remote_exec:
+    os.environ.update(BANDERSNAKE_FORKSERVER="0")
 # Heavy jobs reading raw frames run as shadow jobs only in staged runs (their scratch then goes
 # to --shadow-prefix, the fast disk); unstaged runs are unchanged (shadow rejects raw_root=../x).
 SHADOW = "minimal" if STAGING else None

@@ -1,3 +1,7 @@
+from bandersnake.forkserver import continue_in_forkserver
+
+continue_in_forkserver()  # the rest runs in a worker of the fork server, when one runs
+
 from bandersnake.calibration import build_bad_pixel_map
 from bandersnake.logs import log_to
 

@@ -1,3 +1,7 @@
+from bandersnake.forkserver import continue_in_forkserver
+
+continue_in_forkserver()  # the rest runs in a worker of the fork server, when one runs
+
 from pathlib import Path
 
 from bandersnake.ingest import make_inventory
