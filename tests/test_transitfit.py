@@ -124,6 +124,11 @@ def test_central_transit_gives_finite_calibrated_errors():
     assert res["t0"]["p2.5"] <= t0 <= res["t0"]["p97.5"]
     assert p["rp_rs_sq"]["p2.5"] <= k * k <= p["rp_rs_sq"]["p97.5"]
     assert res["chain"]["converged"]
+    # first and last contact, T0 -/+ T14/2 sample by sample: their medians bracket T0's and lie about
+    # T14 apart (medians of sums are not sums of medians: 2 % of T14)
+    c = res["contacts"]
+    assert c["t1"]["median"] < res["t0"]["median"] < c["t4"]["median"]
+    assert c["t4"]["median"] - c["t1"]["median"] == pytest.approx(p["t14"]["median"], rel=0.02)
     # the chain is n_tau (25, the default) autocorrelation times of the transit's parameters long
     watched = [tau for name, tau in zip(res["names"], res["chain"]["tau"]) if not name.startswith("gp_")]
     assert res["chain"]["n_steps"] >= 25 * max(watched)
