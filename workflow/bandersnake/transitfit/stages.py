@@ -139,10 +139,11 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
     noise = (f"GP {nz['gp']['kernel']}: red {1e3 * nz['gp']['sigma']['median']:.2f} ppt on "
              f"{nz['gp']['tau_min']['median']:.0f} min" if "gp" in nz else f"{nz['model']}, beta {nz['beta']:.2f}")
     log.info("%s %s: T0 %.5f +%.5f -%.5f BJD_TDB, rp_rs_sq %.2f +%.2f -%.2f ppt, max_flux_drop %.2f ppt, "
-             "b %.2f, noise %s, %d steps x %d walkers (tau %.0f)", target, night, p["t0"]["median"],
+             "b %.2f, noise %s, %d steps x %d walkers x %d ensemble(s) (tau %.0f)", target, night, p["t0"]["median"],
              p["t0"]["plus"], p["t0"]["minus"], 1e3 * p["rp_rs_sq"]["median"], 1e3 * p["rp_rs_sq"]["plus"],
              1e3 * p["rp_rs_sq"]["minus"], 1e3 * p["max_flux_drop"]["median"], p["b"]["median"],
-             noise, p["chain"]["n_steps"], p["chain"]["n_walkers"], max(p["chain"]["tau"]))
+             noise, p["chain"]["n_steps"], p["chain"]["n_walkers"], p["chain"].get("n_ensembles", 1),
+             max(p["chain"]["tau"]))
     return report
 
 
