@@ -53,9 +53,12 @@ SCRIPTS_DIR = PACKAGE_DIR.parents[0] / "scripts"
 # under other values is another server.
 # (Not the BLAS thread counts Snakemake sets per job from its threads: one server serves both.)
 KEY_ENV_PREFIXES = ("NUMBA_", "MPL", "ASTROPY", "XDG_", "PYTHON", "HOME", "SLURM_JOB_ID")
-# Imported by the server before it opens its socket: what the masters' jobs import (the first
-# jobs after the inventory, which starts the server).
+# Imported by the server first, whether or not a core is free: what the masters' jobs import (the
+# first jobs after the inventory, which starts the server).
 FIRST_SCRIPTS = ("master_bias", "master_dark", "master_flat", "bad_pixel_map")
+# The order of the background imports: the night's chain first.
+SCRIPT_ORDER = FIRST_SCRIPTS + ("photometry_streaming", "analysis_differential", "transit_fit", "analysis_plots",
+                                "analysis_exports", "night_summary", "publish")
 # What a rule script's job imports inside the stage functions (not at the script's top), imported
 # by the server before it forks that script's worker. Only a hint: a worker imports what is missing.
 _MASTERS = ("numba", "bandersnake.calibration.combine", "bandersnake.ingest.inventory", "astropy.io.misc.yaml")
@@ -263,22 +266,56 @@ def script_name(path):
 
 
 class _Preloader:
-    """Imports done once in the server, on demand (before forking a script's worker)."""
+    """Imports done once in the server: on demand (before forking a script's worker), and in
+    the background, one module at a time, while a core is free (the night's chain first)."""
 
     def __init__(self):
         self.done = set()
+        order = {name: i for i, name in enumerate(SCRIPT_ORDER)}
+        scripts = sorted(SCRIPTS_DIR.glob("*.py"), key=lambda p: (order.get(p.stem, len(order)), p.stem))
+        self.pending = [item for path in scripts for item in self._wanted(path)]
+        self.first = {item for name in FIRST_SCRIPTS for item in self._wanted(SCRIPTS_DIR / f"{name}.py")}
 
-    def script(self, path):
-        """Import what the script at ``path`` will import (top level and :data:`DEEP_IMPORTS`)."""
-        wanted = script_imports(path) + [(m, ()) for m in DEEP_IMPORTS.get(script_name(path), ())]
-        for module, names in wanted:
-            if (module, names) in self.done:
-                continue
-            self.done.add((module, names))
-            _import(module, names)
+    @staticmethod
+    def _wanted(path):
+        return script_imports(path) + [(m, ()) for m in DEEP_IMPORTS.get(script_name(path), ())]
+
+    def _load(self, module, names):
+        if (module, names) in self.done:
+            return
+        self.done.add((module, names))
+        _import(module, names)
         if "numba" in sys.modules and "numba-target" not in self.done:
             self.done.add("numba-target")
             _prepare_numba()
+
+    def script(self, path):
+        """Import what the script at ``path`` will import (top level and :data:`DEEP_IMPORTS`)."""
+        for module, names in self._wanted(path):
+            self._load(module, names)
+
+    def urgent(self):
+        """Whether the next module of the plan is one of the :data:`FIRST_SCRIPTS`' imports."""
+        return bool(self.pending) and self.pending[0] in self.first
+
+    def next(self):
+        """Import the next module of the plan not imported yet; False when none is left."""
+        while self.pending:
+            item = self.pending.pop(0)
+            if item not in self.done:
+                self._load(*item)
+                return True
+        return False
+
+
+def _spare_core(cpus):
+    """Whether fewer threads than ``cpus`` (besides this process) are runnable right now
+    (``/proc/loadavg``: any process of the machine counts, not only this server's workers)."""
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return running - 1 < cpus
 
 
 def _import(module, names):
@@ -323,9 +360,10 @@ def _receive_job(conn):
 def serve(path, idle_s=None):
     """Listen on ``path`` and fork a worker per job until idle for ``idle_s`` seconds.
 
-    Modules are imported in the server, once, before the worker of the first script needing
-    them is forked (the masters' modules before the socket opens). One server per path: a second
-    one started at the same time finds the lock taken and ends.
+    Modules are imported in the server, once: before the worker of the first script needing
+    them is forked, and in the background between jobs (the socket is open at once): the
+    masters' first, then those of every rule script while a core is free. One server per path: a second one started
+    at the same time finds the lock taken and ends.
     """
     import fcntl
     import select
@@ -341,8 +379,6 @@ def serve(path, idle_s=None):
     os.environ.setdefault("MPLBACKEND", "Agg")
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)      # workers are reaped by the kernel
     preload = _Preloader()
-    for name in FIRST_SCRIPTS:
-        preload.script(SCRIPTS_DIR / f"{name}.py")
     if os.path.exists(path):
         os.unlink(path)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -365,12 +401,17 @@ def serve(path, idle_s=None):
             os.close(fd)
         conn.close()
 
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     last = time.monotonic()
     try:
         while time.monotonic() - last < idle_s:
-            if select.select([server], [], [], 1.0)[0]:
+            # the masters' modules at once (their jobs come first), the others on a free core
+            background = bool(preload.pending) and (preload.urgent() or _spare_core(cpus))
+            if select.select([server], [], [], 0 if background else 0.5)[0]:
                 take_job()
                 last = time.monotonic()
+            elif background:
+                preload.next()
         # Ending: no new connections, then the ones already queued are served.
         try:
             os.unlink(path)
