@@ -12,6 +12,33 @@ rule transit_fit:
     output:
         fit=work("{night}/{target}/transit/transit_fit.yaml"),
         lc=work("{night}/{target}/transit/transit_lc.ecsv"),
+        samples=work("{night}/{target}/transit/transit_samples.fits"),
+    log:
+        logs("{night}/logs/transit_fit_{target}.log"),
+    benchmark:
+        bench("{night}/benchmarks/transit_fit_{target}.tsv")
+    # the night's longest job, on its critical path: it starts before the plots and exports
+    # that become ready with it
+    priority: 10
+    conda:
+        "../envs/bandersnake.yaml"
+    # two MCMC ensembles side by side
+    threads: min(2, config["processing"]["threads"])
+    params:
+        transit=transit_params,
+    script:
+        "../workflow/scripts/transit_fit.py"
+
+
+rule transit_plots:
+    """Figures of a transit fit: the detrended light curve with the model, and the corner plot
+    (apart from the fit, so they are drawn beside the night's other plots)."""
+    input:
+        fit=work("{night}/{target}/transit/transit_fit.yaml"),
+        lc=work("{night}/{target}/transit/transit_lc.ecsv"),
+        samples=work("{night}/{target}/transit/transit_samples.fits"),
+        differential=work("{night}/{target}/photometry/differential.fits"),
+    output:
         plot=report(
             work("{night}/{target}/transit/transit_fit.png"),
             caption="../workflow/report/transit_fit.rst",
@@ -31,20 +58,11 @@ rule transit_fit:
             },
         ),
     log:
-        logs("{night}/logs/transit_fit_{target}.log"),
-    benchmark:
-        bench("{night}/benchmarks/transit_fit_{target}.tsv")
-    # the night's longest job, on its critical path: it starts before the plots and exports
-    # that become ready with it
-    priority: 10
+        logs("{night}/logs/transit_plots_{target}.log"),
     conda:
         "../envs/bandersnake.yaml"
-    # two MCMC ensembles side by side (and the corner plot drawn beside the fit's figure)
-    threads: min(2, config["processing"]["threads"])
-    params:
-        transit=transit_params,
     script:
-        "../workflow/scripts/transit_fit.py"
+        "../workflow/scripts/transit_plots.py"
 
 
 rule joint_fit:

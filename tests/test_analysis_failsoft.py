@@ -24,7 +24,7 @@ from bandersnake.analysis.status import analysis_failure
 from bandersnake.batch import night_status
 from bandersnake.errors import AnalysisNotPossible
 from bandersnake.publish.summary import night_summary
-from bandersnake.transitfit import transit_fit_stage
+from bandersnake.transitfit import transit_fit_stage, transit_plots_stage
 
 NIGHT, TARGET = "SYNTH_20240101", "T-1"
 
@@ -45,7 +45,9 @@ def _outputs(base):
         plots={name: base / "plots" / f"{name}.png" for name in PLOTS},
         exports={"juliet": base / "exports" / "lc.dat", "aavso": base / "exports" / f"{TARGET}_aavso.txt"},
         transit={k: base / "transit" / f"transit_fit{ext}" for k, ext in
-                 (("fit", ".yaml"), ("plot", ".png"), ("corner", "_corner.png"), ("lc", "_lc.ecsv"))},
+                 (("fit", ".yaml"), ("lc", "_lc.ecsv"), ("samples", "_samples.fits"))},
+        transit_plots={k: base / "transit" / f"transit_fit{ext}" for k, ext in
+                       (("plot", ".png"), ("corner", "_corner.png"))},
     )
 
 
@@ -71,6 +73,8 @@ def _run_stages(night, base):
     stages.exports_stage(d["differential"], night["centroid_path"], out["exports"], "SYNTH", TARGET, "I")
     report = transit_fit_stage(d["differential"], night["centroid_path"], out["transit"],
                                {"window": [2460000.6, 2460000.8]})
+    t = out["transit"]
+    transit_plots_stage(t["fit"], t["lc"], t["samples"], d["differential"], out["transit_plots"])
     return result, report, out
 
 
@@ -133,7 +137,7 @@ def test_exports_hold_no_fake_data(off_chip):
 
 
 def test_transit_fit_reports_the_failure(off_chip):
-    fit_yaml, fit_png = off_chip["out"]["transit"]["fit"], off_chip["out"]["transit"]["plot"]
+    fit_yaml, fit_png = off_chip["out"]["transit"]["fit"], off_chip["out"]["transit_plots"]["plot"]
     report = yaml.safe_load(fit_yaml.read_text())
     assert report["success"] is False and report["analysis_status"] == "FAILED"
     assert report["message"] == f"analysis not possible: {off_chip['result']['reason']}"

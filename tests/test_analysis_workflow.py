@@ -19,7 +19,7 @@ from matplotlib.image import imread
 from _analysis_night import make_analysis_night, write_night_file
 from _analysis_synth import INSTRUMENT, make_night
 from bandersnake.analysis import stages
-from bandersnake.transitfit import transit_fit_stage
+from bandersnake.transitfit import transit_fit_stage, transit_plots_stage
 from bandersnake.analysis.differential import DEFAULT_SETTINGS, run_differential
 from bandersnake.analysis.io import MissingProductError
 from bandersnake.analysis.plots import PLOTS
@@ -28,7 +28,7 @@ from bandersnake.config import _schema, deep_merge, validate
 from conftest import run_snakemake
 
 SUMMARY_PLOT = "work/summary/precision_vs_brightness.png"
-ANALYSIS_RULES = {"differential", "analysis_plots", "analysis_exports", "transit_fit"}
+ANALYSIS_RULES = {"differential", "analysis_plots", "analysis_exports", "transit_fit", "transit_plots"}
 # Jobs downstream of the analysis that must follow it (the night's summary and publication).
 PUBLISH_RULES = {"night_summary", "publish_night"}
 
@@ -147,7 +147,7 @@ def test_changed_differential_setting_reruns_only_the_analysis(built, tmp_path):
 @pytest.mark.slow
 def test_changed_transit_setting_reruns_only_the_fit(built, tmp_path):
     jobs = _dry_run(built, tmp_path, {"transit": {built["target"]: {"u1": 0.3}}})
-    assert jobs == {"transit_fit"} | PUBLISH_RULES
+    assert jobs == {"transit_fit", "transit_plots"} | PUBLISH_RULES
 
 
 @pytest.mark.slow
@@ -221,11 +221,12 @@ def test_transit_fit_that_cannot_run_does_not_stop_the_night(tmp_path):
     n = make_night(tmp_path, n_frames=8, radii=(4,), outliers=False)
     s = run_differential(n["phot_paths"], n["centroid_path"], n["instrument"], out_dir=tmp_path / "photometry")
     out_yaml, out_png = tmp_path / "transit" / "fit.yaml", tmp_path / "transit" / "fit.png"
-    outputs = {"fit": out_yaml, "plot": out_png, "corner": tmp_path / "transit" / "corner.png",
-               "lc": tmp_path / "transit" / "lc.ecsv"}
+    outputs = {"fit": out_yaml, "lc": tmp_path / "transit" / "lc.ecsv", "samples": tmp_path / "transit" / "samples.fits"}
     report = transit_fit_stage(s["paths"]["differential"], n["centroid_path"], outputs, {"t0": float(n["bjd"][4])})
     assert report["success"] is False and "too few" in report["message"]
     assert yaml.safe_load(out_yaml.read_text())["success"] is False
+    transit_plots_stage(out_yaml, outputs["lc"], outputs["samples"], s["paths"]["differential"],
+                        {"plot": out_png, "corner": tmp_path / "transit" / "corner.png"})
     assert imread(out_png).shape[0] > 200
 
 

@@ -11,7 +11,8 @@ import yaml
 from _analysis_synth import make_night
 from bandersnake.analysis.differential import run_differential
 from bandersnake.analysis.transit import fit_transit, occulted_flux, overlap_area, separation, transit_model
-from bandersnake.transitfit import transit_fit_stage
+from bandersnake.transitfit import transit_fit_stage, transit_plots_stage
+from bandersnake.transitfit.stages import read_samples
 
 
 def brute_force_flux(z, p, u1, u2, n=3000):
@@ -90,7 +91,11 @@ def fitted(tmp_path_factory):
 
 def _outputs(root, name):
     return {k: root / name / f"transit_fit{ext}" for k, ext in
-            (("fit", ".yaml"), ("plot", ".png"), ("corner", "_corner.png"), ("lc", "_lc.ecsv"))}
+            (("fit", ".yaml"), ("lc", "_lc.ecsv"), ("samples", "_samples.fits"))}
+
+
+def _plots(root, name):
+    return {"plot": root / name / "transit_fit.png", "corner": root / name / "transit_fit_corner.png"}
 
 
 @pytest.mark.slow
@@ -113,8 +118,14 @@ def test_stage_recovers_injected_transit(fitted):
     assert on_disk["rp_rs_sq"]["median"] == pytest.approx(report["rp_rs_sq"]["median"])
     assert set(on_disk["baseline"]) == {"c0", "c1", "k_airmass"}
     assert on_disk["priors"]["limb_darkening"]["source"].startswith("user values")
-    for key in ("plot", "corner", "lc"):
-        assert out[key].stat().st_size > 1000, key
+    # the samples on disk are the posterior the summaries describe
+    samples = read_samples(out["samples"])
+    assert np.median(samples["rp_rs_sq"]) == pytest.approx(report["rp_rs_sq"]["median"], rel=1e-9)
+    assert np.percentile(samples["t0"], 84) == pytest.approx(report["t0"]["p84"], abs=1e-9)
+    figures = _plots(root, "free")
+    transit_plots_stage(out["fit"], out["lc"], out["samples"], s["paths"]["differential"], figures)
+    for path in (*figures.values(), out["lc"]):
+        assert path.stat().st_size > 1000, path
 
 
 @pytest.mark.slow

@@ -40,6 +40,7 @@ def analysis_products(night, target):
             work(f"{base}/transit/transit_fit.png"),
             work(f"{base}/transit/transit_fit_corner.png"),
             work(f"{base}/transit/transit_lc.ecsv"),
+            work(f"{base}/transit/transit_samples.fits"),
         ]
     return products
 

@@ -2,8 +2,9 @@
 
 Entry points (the rules of ``rules/transit.smk`` call the stages):
 
-* :func:`transit_fit_stage` -> ``<night>/<TARGET>/transit/transit_fit.yaml``, ``.png``,
-  ``transit_fit_corner.png``, ``transit_lc.ecsv``
+* :func:`transit_fit_stage` -> ``<night>/<TARGET>/transit/transit_fit.yaml``, ``transit_lc.ecsv``,
+  ``transit_samples.fits``
+* :func:`transit_plots_stage` -> ``transit_fit.png``, ``transit_fit_corner.png``
 * :func:`joint_fit_stage` -> ``results/targets/<TARGET>/joint_fit.yaml`` and ``.png``
 * :func:`fit_night` / :func:`fit_joint` -> the fits on arrays
 
@@ -18,6 +19,7 @@ from .._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "transit_fit_stage": ".stages",
+    "transit_plots_stage": ".stages",
     "joint_fit_stage": ".stages",
     "fit_night": ".fit",
     "fit_joint": ".joint",

@@ -98,7 +98,9 @@ def report_dict(res, settings, night="", target="", aperture=None):
 
 
 def write_lc_table(inputs, res, settings, path, night="", target=""):
-    """The light curve, errors and regressors the fit used, with its settings (ECSV, for the joint fit)."""
+    """The light curve, errors and regressors the fit used, with its settings (ECSV, for the joint
+    fit), and the posterior-median model: ``transit_model``, ``baseline``, ``model`` (their product)
+    and, with the GP, ``red_noise`` (its mean)."""
     from astropy.table import Table
 
     from ..fitsio import atomic_path
@@ -108,6 +110,12 @@ def write_lc_table(inputs, res, settings, path, night="", target=""):
     t["BJD_TDB"] = best["t"]
     t["flux"] = best["flux"]
     t["flux_err"] = best["err_in"]          # the errors as given: each fit scales them itself
+    # the posterior-median model, for the figures (rule transit_plots) and the user
+    t["transit_model"] = best["transit"]
+    t["baseline"] = best["baseline"]
+    t["model"] = best["model"]
+    if best.get("red_noise") is not None:
+        t["red_noise"] = best["red_noise"]
     mask = np.isin(inputs["t"], best["t"])
     for name, v in inputs["regressors"].items():
         t[name] = np.asarray(v)[mask]

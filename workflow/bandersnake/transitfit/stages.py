@@ -22,33 +22,55 @@ def _write_yaml(report, path):
     write_text(yaml.safe_dump(plain(report), sort_keys=False), path)
 
 
-def _empty_lc(path, why):
+def _not_fitted(outputs, report, why):
+    """Products of a fit that did not run: the YAML saying why, a light-curve file and a samples
+    table with no rows (the figures say why too: :func:`transit_plots_stage`)."""
     from ..fitsio import write_text
 
-    write_text(f"# transit fit not done: {why}\n", path)
+    write_text(f"# transit fit not done: {why}\n", outputs["lc"])
+    write_samples({}, outputs["samples"], {"NIGHT": report["night"], "TARGET": report["target"],
+                                           "NOTFIT": why[:68]})
+    _write_yaml(report, outputs["fit"])
 
 
-def _forked(fn, *args):
-    """Run ``fn(*args)`` in a forked process (its figure is drawn while this one draws another);
-    the process id, for :func:`_join`. None (and ``fn`` run here) when no process can be forked."""
-    import os
+def write_samples(samples, path, meta=None):
+    """Posterior samples as a FITS binary table: one column per quantity, units in the header.
 
-    from .sampler import fork_call
+    Parameters
+    ----------
+    samples : dict of ndarray
+        Equal-length sample arrays per quantity (``t0`` in d BJD_TDB, ``t14`` in d, ...); empty
+        for a fit that did not run.
+    meta : dict, optional
+        Header keywords (night, target, why a fit did not run).
+    """
+    from astropy.table import Table
 
-    if hasattr(os, "fork"):
-        try:
-            return fork_call(fn, *args)
-        except OSError as err:
-            log.warning("drawing in this process: cannot fork (%s)", err)
-    fn(*args)
-    return None
+    from ..fitsio import atomic_path
+
+    table = Table()
+    for name, values in samples.items():
+        table[name] = np.asarray(values, float)
+        unit = SAMPLE_UNITS.get(name)
+        if unit:
+            table[name].unit = unit
+    for key, value in (meta or {}).items():
+        table.meta[key] = value
+    with atomic_path(path) as tmp:
+        table.write(tmp, format="fits", overwrite=True)
+    return Path(path)
 
 
-def _join(pid, what):
-    from .sampler import wait_child
+def read_samples(path):
+    """Posterior samples of :func:`write_samples` (dict of ndarray, units dropped)."""
+    from astropy.table import Table
 
-    if pid is not None and (code := wait_child(pid)) != 0:
-        raise RuntimeError(f"{what}: the process drawing it failed (exit code {code}; traceback on stderr)")
+    table = Table.read(path, format="fits")
+    return {name: np.asarray(table[name], float) for name in table.colnames}
+
+
+# FITS units of the sampled and derived quantities (see fit.UNITS); dimensionless ones have none
+SAMPLE_UNITS = {"t0": "d", "t14": "d", "stellar_density": "g / cm3", "inc_deg": "deg"}
 
 
 def transit_fit_stage(differential_path, centroid_path, outputs, settings, filter_name=None, night="",
@@ -61,7 +83,9 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
         ``photometry/differential.fits`` and ``centroiding/centroids.fits`` (the photometry tables
         of the fitted aperture are read beside ``differential.fits`` when regressors are asked).
     outputs : dict
-        ``fit`` (YAML), ``plot`` (PNG), ``corner`` (PNG), ``lc`` (ECSV).
+        ``fit`` (YAML), ``lc`` (ECSV: the light curve and the posterior-median model),
+        ``samples`` (FITS table of the posterior samples); the figures are drawn from these by
+        :func:`transit_plots_stage`.
     settings : dict
         The target's ``analysis_settings.transit`` entry.
     filter_name : str, optional
@@ -69,8 +93,7 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
     flat_path : path, optional
         The target's master flat: its FILTER keyword gives ``filter_name`` when that is not given.
     threads : int
-        Processes to use (2: two MCMC ensembles side by side, and the corner plot drawn while the
-        fit's figure is; :func:`~.sampler.run_mcmc`).
+        Processes to use (2: two MCMC ensembles side by side; :func:`~.sampler.run_mcmc`).
 
     Returns
     -------
@@ -78,12 +101,10 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
         The YAML report.
     """
     from ..analysis.differential import read_differential
-    from ..analysis.plots import plot_not_possible, plot_transit_note
     from ..analysis.status import STATUS_FAILED, analysis_failure, failure_text
     from .fit import fit_night
     from .limbdark import limb_darkening_prior
     from .night import night_inputs, report_dict, write_lc_table
-    from .plots import plot_corner, plot_night_fit
 
     s = dict(settings or {})
     aperture = s.pop("aperture", None)
@@ -97,10 +118,7 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
         log.warning("%s: %s; no transit fit", differential_path, why)
         report = {"success": False, "analysis_status": STATUS_FAILED, "message": why, "aperture": None,
                   "night": night, "target": target, "settings": s}
-        plot_not_possible(outputs["plot"], reason, "Transit fit")
-        plot_not_possible(outputs["corner"], reason, "Transit fit posterior")
-        _empty_lc(outputs["lc"], why)
-        _write_yaml(report, outputs["fit"])
+        _not_fitted(outputs, report, why)
         return report
     try:
         inputs = night_inputs(differential_path, centroid_path, s, aperture)
@@ -109,30 +127,15 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
                         inputs["regressors"], inputs["exptime_s"], ld=ld, name=night)
     except ValueError as err:
         table = read_differential(differential_path, aperture)
-        ok = table["frame_ok"].astype(bool)
         why = f"transit fit not possible: {err}"
         log.warning("%s: %s", differential_path, why)
         report = {"success": False, "message": why, "aperture": float(table["_header"]["APERRAD"]),
                   "night": night, "target": target, "settings": s}
-        plot_transit_note(table["BJD_TDB"][ok], table["diff_flux"][ok], outputs["plot"], why)
-        plot_transit_note(table["BJD_TDB"][ok], table["diff_flux"][ok], outputs["corner"], why)
-        _empty_lc(outputs["lc"], why)
-        _write_yaml(report, outputs["fit"])
+        _not_fitted(outputs, report, why)
         return report
     report = report_dict(res, s, night=night, target=target, aperture=inputs["aperture"])
-    corner = None
-    if threads > 1:
-        # matplotlib imported once, here, before the fork: both processes use it (in the child
-        # the import was half of the corner plot's time)
-        import matplotlib.backends.backend_agg  # noqa: F401
-        import matplotlib.figure  # noqa: F401
-
-        corner = _forked(plot_corner, res["samples"], outputs["corner"])
-    plot_night_fit(res, outputs["plot"], title=f"{target} {night}: transit fit (batman, emcee)")
-    if threads <= 1:
-        plot_corner(res["samples"], outputs["corner"])
     write_lc_table(inputs, res, s, outputs["lc"], night=night, target=target)
-    _join(corner, outputs["corner"])
+    write_samples(res["samples"], outputs["samples"], {"NIGHT": night, "TARGET": target})
     _write_yaml(report, outputs["fit"])
     p = report
     nz = p["noise"]
@@ -145,6 +148,52 @@ def transit_fit_stage(differential_path, centroid_path, outputs, settings, filte
              noise, p["chain"]["n_steps"], p["chain"]["n_walkers"], p["chain"].get("n_ensembles", 1),
              max(p["chain"]["tau"]))
     return report
+
+
+def transit_plots_stage(fit_path, lc_path, samples_path, differential_path, outputs, title="Transit fit"):
+    """Figures of a night's transit fit (rule ``transit_plots``): the detrended light curve with the
+    posterior-median model and residuals, and the corner plot of the samples. A fit that did not
+    run gets figures saying why (with the light curve when the analysis had one).
+
+    Parameters
+    ----------
+    fit_path, lc_path, samples_path : path
+        ``transit_fit.yaml``, ``transit_lc.ecsv`` and ``transit_samples.fits`` of the fit.
+    differential_path : path
+        ``photometry/differential.fits`` (the light curve shown when the fit did not run).
+    outputs : dict
+        ``plot`` and ``corner`` (PNG).
+    """
+    import yaml
+
+    from ..analysis.differential import read_differential
+    from ..analysis.plots import plot_not_possible, plot_transit_note
+    from ..analysis.status import analysis_failure
+    from .plots import plot_corner, plot_night_fit
+
+    report = yaml.safe_load(Path(fit_path).read_text())
+    if not report.get("success"):
+        why = report.get("message", "transit fit not done")
+        reason = analysis_failure(differential_path)
+        if reason is not None:
+            plot_not_possible(outputs["plot"], reason, "Transit fit")
+            plot_not_possible(outputs["corner"], reason, "Transit fit posterior")
+            return
+        table = read_differential(differential_path, report.get("aperture"))
+        ok = table["frame_ok"].astype(bool)
+        for key in ("plot", "corner"):
+            plot_transit_note(table["BJD_TDB"][ok], table["diff_flux"][ok], outputs[key], why)
+        return
+    from astropy.table import Table
+
+    lc = Table.read(lc_path, format="ascii.ecsv")
+    best = {"t": np.asarray(lc["BJD_TDB"], float), "flux": np.asarray(lc["flux"], float),
+            "transit": np.asarray(lc["transit_model"], float), "baseline": np.asarray(lc["baseline"], float),
+            "model": np.asarray(lc["model"], float),
+            "red_noise": np.asarray(lc["red_noise"], float) if "red_noise" in lc.colnames else None}
+    res = {"best": best, "t0": report["t0"], "parameters": report}
+    plot_night_fit(res, outputs["plot"], title=title)
+    plot_corner(read_samples(samples_path), outputs["corner"])
 
 
 def joint_fit_stage(fit_paths, lc_paths, out_yaml, out_png, settings, filter_name=None, target=""):
