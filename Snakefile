@@ -51,3 +51,14 @@ rule all:
         all_template_products(),
         # one joint transit fit per target fitted on two nights or more (needs the inventories)
         lambda w: [f"{RESULTS}/targets/{t}/joint_fit.yaml" for t in joint_fit_targets()],
+
+
+# Snakemake re-opens its scheduler through a non-daemon timer of --max-jobs-per-timespan's span
+# (1 s) after each round; Python waits for the last one before exiting: ~1 s after every run.
+# When the workflow has ended they have nothing left to do.
+onsuccess:
+    cancel_scheduler_timers()
+
+
+onerror:
+    cancel_scheduler_timers()

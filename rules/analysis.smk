@@ -44,6 +44,8 @@ rule analysis_plots:
         **analysis_plot_outputs(),
     log:
         logs("{night}/logs/analysis_plots_{target}.log"),
+    # after the transit fit, the longest of the jobs left: first among them
+    priority: 5
     conda:
         "../envs/bandersnake.yaml"
     params:

@@ -7,6 +7,20 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+def cancel_scheduler_timers():
+    """Cancel the pending re-evaluation timers of Snakemake's job scheduler (threading.Timer,
+    non-daemon, created after each scheduling round): called when the workflow has ended, so
+    the process exits at once instead of waiting up to the rate limiter's timespan (1 s)."""
+    import threading
+
+    for thread in threading.enumerate():
+        function = getattr(thread, "function", None)
+        if isinstance(thread, threading.Timer) and "JobScheduler" in getattr(
+            function, "__qualname__", ""
+        ):
+            thread.cancel()
+
+
 # Jobs import the package from the source tree, also on cluster nodes and in conda envs.
 PACKAGE_DIR = str(Path(workflow.basedir) / "workflow")
 sys.path.insert(0, PACKAGE_DIR)
