@@ -349,12 +349,17 @@ def _receive_job(conn):
         for fd in fds:
             os.close(fd)
         raise ValueError("incomplete request")
-    n = struct.unpack("!I", msg[:4])[0]
-    data = msg[4:]
-    if len(data) < n:
-        data += _recv_exact(conn, n - len(data)) or b""
-    conn.settimeout(None)
-    return pickle.loads(data), fds
+    try:
+        n = struct.unpack("!I", msg[:4])[0]
+        data = msg[4:]
+        if len(data) < n:
+            data += _recv_exact(conn, n - len(data)) or b""
+        conn.settimeout(None)
+        return pickle.loads(data), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 def serve(path, idle_s=None):
@@ -362,8 +367,8 @@ def serve(path, idle_s=None):
 
     Modules are imported in the server, once: before the worker of the first script needing
     them is forked, and in the background between jobs (the socket is open at once): the
-    masters' first, then those of every rule script while a core is free. One server per path: a second one started
-    at the same time finds the lock taken and ends.
+    masters' first, then those of every rule script while a core is free. One server per path:
+    a second one started at the same time finds the lock taken and ends.
     """
     import fcntl
     import select
@@ -385,6 +390,7 @@ def serve(path, idle_s=None):
     server.bind(path)
     server.listen(64)
     Path(path[:-len(".sock")] + ".pid").write_text(f"{os.getpid()}\n")
+
     def take_job():
         conn, _ = server.accept()
         try:
