@@ -427,6 +427,18 @@ def serve(path, idle_s=None):
             take_job()
     finally:
         server.close()
+        _remove_files(path)
+
+
+def _remove_files(path):
+    """The ending server's pid and lock files, and its log when empty (a log with errors stays)."""
+    stem = path[:-len(".sock")]
+    for suffix in (".pid", ".lock", ".log"):
+        try:
+            if suffix != ".log" or os.path.getsize(stem + suffix) == 0:
+                os.unlink(stem + suffix)
+        except OSError:
+            pass
 
 
 def _watch_client(conn):
