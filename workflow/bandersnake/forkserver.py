@@ -59,13 +59,13 @@ KEY_ENV_PREFIXES = ("NUMBA_", "MPL", "ASTROPY", "XDG_", "PYTHON", "HOME", "SLURM
 FIRST_SCRIPTS = ("master_bias", "master_dark", "master_flat", "bad_pixel_map")
 # The order of the background imports: the night's chain first.
 SCRIPT_ORDER = FIRST_SCRIPTS + ("photometry_streaming", "analysis_differential", "transit_fit", "analysis_plots",
-                                "analysis_exports", "night_summary", "publish")
+                                "transit_plots", "analysis_exports", "night_summary", "publish")
 # What a rule script's job imports inside the stage functions (not at the script's top), imported
 # by the server before it forks that script's worker. Only a hint: a worker imports what is missing.
 _MASTERS = ("numba", "bandersnake.calibration.combine", "bandersnake.ingest.inventory", "astropy.io.misc.yaml")
-_FIT = ("emcee", "batman", "celerite2", "scipy.optimize", "matplotlib.pyplot", "matplotlib.backends.backend_agg",
-        "yaml", "astropy.io.misc.yaml", "bandersnake.transitfit.fit", "bandersnake.transitfit.plots",
-        "bandersnake.transitfit.night", "bandersnake.analysis.transit")
+_FIT = ("emcee", "batman", "celerite2", "scipy.optimize", "yaml", "astropy.io.misc.yaml",
+        "bandersnake.transitfit.fit", "bandersnake.transitfit.night", "bandersnake.analysis.transit")
+_FIGURES = ("matplotlib.pyplot", "matplotlib.backends.backend_agg")
 DEEP_IMPORTS = {
     "inventory": ("astropy.time",),
     "master_bias": _MASTERS,
@@ -73,9 +73,10 @@ DEEP_IMPORTS = {
     "master_flat": _MASTERS,
     "photometry_streaming": ("numba", "astropy.time", "astropy.coordinates"),
     "analysis_differential": ("astropy.time", "astropy.coordinates", "scipy.special"),
-    "analysis_plots": ("matplotlib.pyplot", "matplotlib.backends.backend_agg"),
+    "analysis_plots": _FIGURES,
     "transit_fit": _FIT,
-    "joint_fit": _FIT,
+    "transit_plots": _FIGURES + ("bandersnake.transitfit.plots",),
+    "joint_fit": _FIT + _FIGURES + ("bandersnake.transitfit.plots",),
     "night_summary": ("yaml", "astropy.io.misc.yaml"),
 }
 MESSAGE_MAX = 1 << 24
