@@ -97,6 +97,9 @@ def report_dict(res, settings, night="", target="", aperture=None):
     return plain(rep)
 
 
+MODEL_COLUMNS = ("transit_model", "baseline", "model", "red_noise")
+
+
 def write_lc_table(inputs, res, settings, path, night="", target=""):
     """The light curve, errors and regressors the fit used, with its settings (ECSV, for the joint
     fit), and the posterior-median model: ``transit_model``, ``baseline``, ``model`` (their product)
@@ -129,11 +132,14 @@ def write_lc_table(inputs, res, settings, path, night="", target=""):
 
 
 def read_lc_table(path):
-    """(arrays dict, meta) of a ``transit_lc.ecsv``."""
+    """(arrays dict, meta) of a ``transit_lc.ecsv``; the arrays include the model columns
+    (:data:`MODEL_COLUMNS`) present."""
     from astropy.table import Table
 
     t = Table.read(path, format="ascii.ecsv")
     regs = {n: np.asarray(t[n], float) for n in t.meta.get("regressors", [])}
-    return {"t": np.asarray(t["BJD_TDB"], float), "flux": np.asarray(t["flux"], float),
-            "err": np.asarray(t["flux_err"], float), "regressors": regs,
-            "exptime_s": t.meta.get("exptime_s")}, dict(t.meta)
+    arrays = {"t": np.asarray(t["BJD_TDB"], float), "flux": np.asarray(t["flux"], float),
+              "err": np.asarray(t["flux_err"], float), "regressors": regs, "exptime_s": t.meta.get("exptime_s")}
+    # the posterior-median model (tables of a successful fit)
+    arrays.update({n: np.asarray(t[n], float) for n in MODEL_COLUMNS if n in t.colnames})
+    return arrays, dict(t.meta)

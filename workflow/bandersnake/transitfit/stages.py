@@ -184,13 +184,11 @@ def transit_plots_stage(fit_path, lc_path, samples_path, differential_path, outp
         for key in ("plot", "corner"):
             plot_transit_note(table["BJD_TDB"][ok], table["diff_flux"][ok], outputs[key], why)
         return
-    from astropy.table import Table
+    from .night import read_lc_table
 
-    lc = Table.read(lc_path, format="ascii.ecsv")
-    best = {"t": np.asarray(lc["BJD_TDB"], float), "flux": np.asarray(lc["flux"], float),
-            "transit": np.asarray(lc["transit_model"], float), "baseline": np.asarray(lc["baseline"], float),
-            "model": np.asarray(lc["model"], float),
-            "red_noise": np.asarray(lc["red_noise"], float) if "red_noise" in lc.colnames else None}
+    lc, _ = read_lc_table(lc_path)
+    best = {"t": lc["t"], "flux": lc["flux"], "transit": lc["transit_model"], "baseline": lc["baseline"],
+            "model": lc["model"], "red_noise": lc.get("red_noise")}
     res = {"best": best, "t0": report["t0"], "parameters": report}
     plot_night_fit(res, outputs["plot"], title=title)
     plot_corner(read_samples(samples_path), outputs["corner"])
