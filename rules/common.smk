@@ -7,10 +7,12 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+
 def cancel_scheduler_timers():
     """Cancel the pending re-evaluation timers of Snakemake's job scheduler (threading.Timer,
     non-daemon, created after each scheduling round): called when the workflow has ended, so
-    the process exits at once instead of waiting up to the rate limiter's timespan (1 s)."""
+    the process exits at once instead of waiting up to the rate limiter's timespan (1 s).
+    """
     import threading
 
     for thread in threading.enumerate():
@@ -63,6 +65,11 @@ def _stop(problems):
     sys.exit(preflight.format_problems(problems))
 
 
+# --config reads a nested key's value as a string ('processing={"fork_server": false}' gives
+# "false"): such strings become the booleans and numbers the schemas ask for.
+bconfig.coerce_command_line_scalars(config, "config.schema.yaml")
+if isinstance(config.get("night_defaults"), dict):
+    bconfig.coerce_command_line_scalars(config["night_defaults"], "night.schema.yaml")
 # Checked before anything else: one line per problem naming the file and the key (a schema
 # error from snakemake's validate() prints the whole schema).
 _problems = preflight.schema_problems(

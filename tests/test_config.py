@@ -3,8 +3,8 @@
 import pytest
 import yaml
 
-from bandersnake.config import (discover_nights, load_instrument, night_settings, parse_night_id,
-                                raw_night_dir, validate)
+from bandersnake.config import (coerce_command_line_scalars, discover_nights, load_instrument, night_settings,
+                                parse_night_id, raw_night_dir, validate)
 from bandersnake.errors import ConfigError
 
 from conftest import ROOT, run_snakemake
@@ -59,6 +59,36 @@ def test_night_settings_typo_named(tmp_path):
 def test_wrong_type_named():
     with pytest.raises(ConfigError, match="calibration_params/bias_MAD_clip"):
         validate({"calibration_params": {"bias_MAD_clip": "five"}}, "night.schema.yaml", "test")
+
+
+def test_command_line_strings_become_schema_types():
+    # what snakemake --config makes of 'processing={"fork_server": false, "threads": 4}' (YAML BaseLoader)
+    config = {"processing": {"fork_server": "false", "threads": "4", "path": "streaming"}, "raw_root": "1"}
+    coerce_command_line_scalars(config, "config.schema.yaml")
+    assert config == {"processing": {"fork_server": False, "threads": 4, "path": "streaming"}, "raw_root": "1"}
+    night = {"analysis_settings": {"transit": {"XO1-b": {"t0": "2460828.76", "noise": "gp", "n_tau": "30",
+                                                "stellar_density_err": "1e-1", "window": ["0.5", "0.7"]}}},
+             "calibration_params": {"bias_MAD_clip": "five"}}
+    coerce_command_line_scalars(night, "night.schema.yaml")
+    assert night["analysis_settings"]["transit"]["XO1-b"] == {"t0": 2460828.76, "noise": "gp", "n_tau": 30.0,
+                                                     "stellar_density_err": 0.1, "window": [0.5, 0.7]}
+    # a string that reads as no number stays, for the schema to name
+    assert night["calibration_params"]["bias_MAD_clip"] == "five"
+    with pytest.raises(ConfigError, match="bias_MAD_clip"):
+        validate(night, "night.schema.yaml", "test")
+
+
+def test_workflow_reads_nested_command_line_values(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    proc = run_snakemake(tmp_path, config={"raw_root": raw, "processing": '{"fork_server": false, "threads": 1}'},
+                         extra=["-n"], check=False)
+    # past the configuration's checks, up to the (empty) raw tree
+    assert "no night to build" in proc.stdout + proc.stderr, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "processing/" not in proc.stdout + proc.stderr
+    proc = run_snakemake(tmp_path, config={"raw_root": raw, "processing": '{"threads": "many"}'}, extra=["-n"],
+                         check=False)
+    assert proc.returncode != 0 and "processing/threads" in proc.stdout + proc.stderr
 
 
 def test_night_ids_and_discovery(tmp_path):

@@ -57,6 +57,61 @@ def validate(instance, schema_name, source):
     return instance
 
 
+_SCALAR_TYPES = ("boolean", "integer", "number")
+
+
+def _parse_scalar(text, types):
+    """``text`` as one of the JSON ``types`` (YAML 1.1 words for booleans, Python's float syntax
+    for numbers: "1e-3" too, which YAML 1.1 keeps a string), or None if it reads as none of them."""
+    try:
+        value = yaml.load(text, Loader=_SAFE_LOADER)
+    except yaml.YAMLError:
+        value = None
+    if isinstance(value, bool):
+        return value if "boolean" in types else None
+    if "integer" in types and isinstance(value, int):
+        return value
+    if "number" in types:
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return None
+
+
+def coerce_command_line_scalars(instance, schema_name):
+    """Turn strings where the schema wants a boolean or a number into that type, in place.
+
+    ``snakemake --config 'processing={"fork_server": false}'`` parses the value of a nested key
+    with YAML's BaseLoader, which keeps every scalar a string ("false", "2"); the schema would then
+    reject what the user meant. Only strings that read as the wanted type change, and only where
+    the schema does not also allow a string.
+    """
+
+    def walk(value, schema):
+        if not isinstance(schema, dict):
+            return value
+        if isinstance(value, dict):
+            props = schema.get("properties", {})
+            extra = schema.get("additionalProperties")
+            for key in value:
+                sub = props.get(key, extra if isinstance(extra, dict) else None)
+                value[key] = walk(value[key], sub)
+            return value
+        if isinstance(value, list) and isinstance(schema.get("items"), dict):
+            return [walk(v, schema["items"]) for v in value]
+        if isinstance(value, str):
+            types = schema.get("type", [])
+            types = [types] if isinstance(types, str) else list(types)
+            wanted = [t for t in types if t in _SCALAR_TYPES]
+            if wanted and "string" not in types:
+                parsed = _parse_scalar(value, wanted)
+                return value if parsed is None else parsed
+        return value
+
+    return walk(instance, _schema(schema_name))
+
+
 @lru_cache(maxsize=None)
 def _schema(schema_name):
     return load_yaml(SCHEMA_DIR / schema_name)
