@@ -12,6 +12,10 @@ limb darkening (prior width 0.1). It reports, for T0 and rp_rs_sq, the fraction 
 truth lies in the 68 % (16-84) and 95 % (2.5-97.5) intervals.
 
     PYTHONPATH=workflow python benchmarks/bench_transit_coverage.py --cases 200 --jobs 2
+
+Diagnostics: ``--b 0`` (a fixed true b), ``--only partial`` (only nights seeing part of the transit),
+``--oracle gp,b,ld,density`` (the fit given the truth of those nuisances: which one a shortfall
+comes from), ``--no-red``, ``--noise``, ``--kernel``.
 """
 
 import argparse
@@ -27,6 +31,7 @@ from bandersnake.sim.lightcurve import simulate_transit_lc
 from bandersnake.transitfit.fit import fit_night
 from bandersnake.transitfit.limbdark import table_coefficients
 from bandersnake.transitfit.model import a_rs_from_density, duration_from_orbit
+from bandersnake.transitfit.posterior import GP_LOG10_H, Posterior
 
 
 def draw_case(seed, b=None, red=True, noise_seed=None):
@@ -63,25 +68,86 @@ def draw_case(seed, b=None, red=True, noise_seed=None):
                     baseline_order=1, seed=seed)
     settings["window"] = [settings["t0"] - 1.5 / 24, settings["t0"] + 1.5 / 24]
     truth = dict(t0=t0, rp_rs_sq=k * k, b=b, t14=t14, partial=bool(start > t0 - t14 / 2 or start + length < t0 + t14 / 2),
-                 sigma_white=sw, sigma_red=sr)
+                 sigma_white=sw, sigma_red=sr, tau_red_d=tau, u1=u1, u2=u2, stellar_density=rho)
     ld = dict(u1=u1c, u2=u2c, sigma=0.1)
     return t, flux, np.full(len(t), sw), settings, ld, truth
 
 
-def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False, threads=1):
+ORACLE = ("gp", "b", "ld", "density")
+
+
+def apply_oracle(oracle, settings, ld, truth):
+    """Diagnostic: give the fit the truth of some nuisances, to find which one an interval's shortfall
+    comes from. ``gp``: the simulator's red noise (exponential kernel, its ratio and time scale held
+    fixed); ``b``: b fixed; ``ld``: limb darkening fixed; ``density``: the density prior centred on
+    the true density (10 %: more than the fit would know, so its intervals over-cover)."""
+    if "b" in oracle:
+        settings["b"] = truth["b"]
+    if "ld" in oracle:
+        ld = dict(ld, u1=truth["u1"], u2=truth["u2"], sigma=0.0)
+    if "density" in oracle:
+        settings["stellar_density"] = truth["stellar_density"]
+        settings["stellar_density_err"] = 0.1 * truth["stellar_density"]
+    if "gp" in oracle:
+        settings["gp_kernel"] = "exp"
+        ratio = max(truth["sigma_red"] / truth["sigma_white"], 10 ** GP_LOG10_H[0])
+        _FixedGP.values = np.array([math.log10(ratio), math.log10(truth["tau_red_d"] * 1440)])
+    return settings, ld
+
+
+class _FixedGP(Posterior):
+    """A GP posterior whose ratio and time scale are held at ``values`` (the sampler still carries the
+    two coordinates; they only wander within +-1 dex of the values, without effect)."""
+
+    values = None
+
+    def _held(self, x):
+        x = np.array(np.atleast_2d(x), float)
+        inside = np.all(np.abs(x[:, self.n_shape:] - self.values) < 1, axis=1)
+        x[:, self.n_shape:] = self.values
+        return x, inside
+
+    def unpack(self, theta):
+        return super().unpack(self._held(theta)[0][0])
+
+    def __call__(self, theta):
+        x, inside = self._held(theta)
+        return super().__call__(x[0]) if inside[0] else -np.inf
+
+    def batch(self, thetas):
+        x, inside = self._held(thetas)
+        return np.where(inside, super().batch(x), -np.inf)
+
+
+def _fit_holding_gp(*args, **kwargs):
+    """fit_night with the GP posterior of :class:`_FixedGP` (only in this diagnostic's processes)."""
+    from bandersnake.transitfit import fit as fit_module
+
+    def make(nights, noise="beta", **kw):
+        return (_FixedGP if noise == "gp" else Posterior)(nights, noise=noise, **kw)
+
+    fit_module.Posterior = make
+    try:
+        return fit_night(*args, **kwargs)
+    finally:
+        fit_module.Posterior = Posterior
+
+
+def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False, threads=1, oracle=()):
     t, flux, err, settings, ld, truth = draw_case(seed, b, red)
     settings["threads"] = threads
+    settings, ld = apply_oracle(oracle, settings, ld, truth)
     if prior_as_population:   # diagnostic: the fit's priors of b and limb darkening = the simulator's spread
         settings["b_max"] = 0.9
         ld["sigma"] = 0.05
     if noise:
         settings["noise"] = noise
-    if kernel:
+    if kernel and "gp" not in oracle:
         settings["gp_kernel"] = kernel
     t1 = time.process_time()
     wall0 = time.time()
     _children_cpu()
-    res = fit_night(t, flux, err, settings, exptime_s=50.0, ld=ld)
+    res = (_fit_holding_gp if "gp" in oracle else fit_night)(t, flux, err, settings, exptime_s=50.0, ld=ld)
     cpu = time.process_time() - t1
     cpu += _children_cpu()   # the second ensemble's process (threads 2)
     out = dict(seed=seed, cpu_s=cpu, wall_s=time.time() - wall0, converged=res["chain"]["converged"],
@@ -93,9 +159,10 @@ def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_populatio
         out["gp_tau_min"] = res["noise"]["gp"]["tau_min"]["median"]
     # the contact times (T0 -/+ T14/2) and which of them the night saw
     truth["t1"], truth["t4"] = truth["t0"] - truth["t14"] / 2, truth["t0"] + truth["t14"] / 2
+    out["contact_in_data_p"] = max(res["contacts"]["contacts_in_data"].values())   # the fit's own judgement
     out["t1_seen"] = bool(t[0] < truth["t1"] < t[-1])
     out["t4_seen"] = bool(t[0] < truth["t4"] < t[-1])
-    for name in ("t0", "rp_rs_sq", "t1", "t4"):
+    for name in ("t0", "rp_rs_sq", "t1", "t4", "t14"):
         s = res["t0"] if name == "t0" else res["contacts"][name] if name in ("t1", "t4") else res["parameters"][name]
         v = truth[name]
         out[f"{name}_in68"] = bool(s["p16"] <= v <= s["p84"])
@@ -150,6 +217,8 @@ def report_split(rows):
                ("red noise 0.1-0.4 of the white level", lambda r: r["true_sigma_red"] >= 0.1 * r["true_sigma_white"]),
                ("full transits", lambda r: not r["true_partial"]),
                ("partial transits", lambda r: r["true_partial"]),
+               ("no contact in the frames (truth)", lambda r: "t1_seen" in r and not (r["t1_seen"] or r["t4_seen"])),
+               ("the fit warned: no contact in the frames", lambda r: r.get("contact_in_data_p", 1.0) < 0.5),
                ("b < 0.2", lambda r: r["true_b"] < 0.2),
                ("b < 0.2, full", lambda r: r["true_b"] < 0.2 and not r["true_partial"]),
                ("b < 0.2, partial", lambda r: r["true_b"] < 0.2 and r["true_partial"]),
@@ -178,6 +247,9 @@ def report(rows):
                   f"{100 * tol:.0f}; binomial s.e. {100 * se:.1f}) {ok}")
         pulls = np.array([r[f"{name}_pull"] for r in rows])
         print(f"{name:9s} pulls: mean {np.mean(pulls):+.2f}, std {np.std(pulls):.2f}")
+    if all("t14_pull" in r for r in rows):
+        pulls = np.array([r["t14_pull"] for r in rows])
+        print(f"t14       pulls: mean {np.mean(pulls):+.2f}, std {np.std(pulls):.2f}")
     if any("wall_s" in r for r in rows):
         wall = np.array([r.get("wall_s", np.nan) for r in rows])
         print(f"wall per fit: median {np.nanmedian(wall):.1f} s; ensembles per fit: "
@@ -198,6 +270,10 @@ def main(argv=None):
     ap.add_argument("--no-red", action="store_true", help="white noise only")
     ap.add_argument("--prior-as-population", action="store_true",
                     help="diagnostic: fit with b < 0.9 and limb-darkening priors of width 0.05, the simulator's spread")
+    ap.add_argument("--only", choices=("full", "partial"), default=None,
+                    help="only the seeds (from --first-seed on) whose window sees the whole transit / part of it")
+    ap.add_argument("--oracle", default="", help="diagnostic: comma-separated nuisances given their truth: " + ", ".join(ORACLE)
+                    + " (see apply_oracle)")
     ap.add_argument("--threads", type=int, default=2,
                     help="processes per fit (2: two MCMC ensembles, as the workflow's rule runs it)")
     ap.add_argument("--json", default=None, help="write the per-case rows here (one JSON object per line, as they end)")
@@ -207,12 +283,23 @@ def main(argv=None):
         with open(args.report) as fh:
             report([json.loads(line) for line in fh if line.strip()])
         return 0
+    oracle = tuple(o for o in args.oracle.split(",") if o)
+    unknown = set(oracle) - set(ORACLE)
+    if unknown:
+        ap.error(f"--oracle: unknown {sorted(unknown)}; choose from {ORACLE}")
     seeds = range(args.first_seed, args.first_seed + args.cases)
+    if args.only:   # the window is drawn before any noise: cheap to sort the seeds without fitting
+        want_partial = args.only == "partial"
+        seeds, seed = [], args.first_seed
+        while len(seeds) < args.cases:
+            if draw_case(seed, args.b, not args.no_red)[5]["partial"] == want_partial:
+                seeds.append(seed)
+            seed += 1
     t1 = time.time()
     rows = []
     out = open(args.json, "a") if args.json else None
     with Pool(args.jobs) as pool:
-        for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population, args.threads)
+        for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population, args.threads, oracle)
                                          for s in seeds]):
             rows.append(row)
             if out:

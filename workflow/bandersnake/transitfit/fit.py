@@ -166,6 +166,23 @@ UNITS = {"t0": "d (BJD_TDB)", "rp_rs_sq": "(Rp/R*)^2, fraction of the stellar fl
          "max_flux_drop": "fraction of the out-of-transit flux"}
 
 
+def contacts_in_data(night, t0, t14):
+    """Posterior probability that the first (``t1``) and the last (``t4``) contact lie between the
+    night's first and last frames, from samples of T0 and T14 (d).
+
+    A night that holds neither (frames all in transit, or all out of it) constrains T0 and the
+    depth only through the priors and the baseline: warned, since such a fit can look confident
+    (a red-noise wiggle taken for an ingress).
+    """
+    lo, hi = float(np.min(night.t)), float(np.max(night.t))
+    out = {name: float(np.mean((c > lo) & (c < hi))) for name, c in (("t1", t0 - t14 / 2), ("t4", t0 + t14 / 2))}
+    if max(out.values()) < 0.5:
+        log.warning("%s: the frames (%.4f-%.4f) probably hold neither the first nor the last contact "
+                    "(posterior probability %.2f, %.2f): its T0 and rp_rs_sq rest on the priors and the "
+                    "baseline", night.name, lo, hi, out["t1"], out["t4"])
+    return out
+
+
 def fit_transits(nights, starts, settings, ld):
     """Fit one or several prepared nights with shared shape and per-night mid-times.
 
@@ -222,8 +239,8 @@ def fit_transits(nights, starts, settings, ld):
     t0_summ = [summarize(v, UNITS["t0"]) for v in t0s]
     # first and last contact per night (T0 -/+ T14/2): a night that sees only the ingress or the
     # egress measures that contact time directly; its T0 leans on T14, so on b
-    contacts = [{"t1": summarize(v - values["t14"] / 2, UNITS["t0"]), "t4": summarize(v + values["t14"] / 2, UNITS["t0"])}
-                for v in t0s]
+    contacts = [{"t1": summarize(v - values["t14"] / 2, UNITS["t0"]), "t4": summarize(v + values["t14"] / 2, UNITS["t0"]),
+                 "contacts_in_data": contacts_in_data(night, v, values["t14"])} for night, v in zip(nights, t0s)]
     # Baseline coefficients: conditional Gaussian draws for a subset of the samples (with the GP,
     # also the white scale's conditional estimate and so the red noise's amplitude).
     rng = np.random.default_rng(int(s["seed"]) + 1)
