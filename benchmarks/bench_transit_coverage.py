@@ -159,7 +159,7 @@ def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_populatio
         out["gp_tau_min"] = res["noise"]["gp"]["tau_min"]["median"]
     # the contact times (T0 -/+ T14/2) and which of them the night saw
     truth["t1"], truth["t4"] = truth["t0"] - truth["t14"] / 2, truth["t0"] + truth["t14"] / 2
-    out["contact_in_data_p"] = max(res["contacts"]["contacts_in_data"].values())   # the fit's own judgement
+    out["ingress_egress_in_frames_p"] = max(res["contacts"]["ingress_egress_in_frames"].values())  # the fit's judgement
     out["t1_seen"] = bool(t[0] < truth["t1"] < t[-1])
     out["t4_seen"] = bool(t[0] < truth["t4"] < t[-1])
     for name in ("t0", "rp_rs_sq", "t1", "t4", "t14"):
@@ -218,7 +218,7 @@ def report_split(rows):
                ("full transits", lambda r: not r["true_partial"]),
                ("partial transits", lambda r: r["true_partial"]),
                ("no contact in the frames (truth)", lambda r: "t1_seen" in r and not (r["t1_seen"] or r["t4_seen"])),
-               ("the fit warned: no contact in the frames", lambda r: r.get("contact_in_data_p", 1.0) < 0.5),
+               ("the fit warned: no ingress or egress in the frames", lambda r: r.get("ingress_egress_in_frames_p", 1.0) < 0.5),
                ("b < 0.2", lambda r: r["true_b"] < 0.2),
                ("b < 0.2, full", lambda r: r["true_b"] < 0.2 and not r["true_partial"]),
                ("b < 0.2, partial", lambda r: r["true_b"] < 0.2 and r["true_partial"]),

@@ -130,23 +130,23 @@ def test_central_transit_gives_finite_calibrated_errors():
     c = res["contacts"]
     assert c["t1"]["median"] < res["t0"]["median"] < c["t4"]["median"]
     assert c["t4"]["median"] - c["t1"]["median"] == pytest.approx(p["t14"]["median"], rel=0.02)
-    assert c["contacts_in_data"] == {"t1": 1.0, "t4": 1.0}     # the night holds both, 1.2 h from each end
+    assert c["ingress_egress_in_frames"] == {"ingress": 1.0, "egress": 1.0}  # both, 1.2 h from each end
     # the chain is n_tau (25, the default) autocorrelation times of the transit's parameters long
     watched = [tau for name, tau in zip(res["names"], res["chain"]["tau"]) if not name.startswith("gp_")]
     assert res["chain"]["n_steps"] >= 25 * max(watched)
 
 
 def test_night_inside_the_transit_is_warned(caplog):
-    """Frames from 58 min after the first contact to 58 min before the last (T14 = 2.9 h) hold
-    neither contact: the YAML's contacts_in_data says so and the fit warns."""
+    """Frames from 58 min after the first contact to 58 min before the last (T14 = 2.9 h, ingress
+    16 min) cover neither the ingress nor the egress: the YAML says so and the fit warns."""
     t0 = 2460000.70
     t, flux, err = _night(12, t0, b=0.0, start=-0.02, length=0.04)
     with caplog.at_level(logging.WARNING, logger="bandersnake.transitfit"):
         res = fit_night(t, flux, err, dict(t0=t0, period=3.0, duration=0.12, stellar_density=1.4, noise="white"),
                         exptime_s=50.0, ld=dict(u1=0.3, u2=0.2, sigma=0.1))
-    seen = res["contacts"]["contacts_in_data"]
+    seen = res["contacts"]["ingress_egress_in_frames"]
     assert max(seen.values()) < 0.5, seen
-    assert "neither the first nor the last contact" in caplog.text
+    assert "neither the ingress nor the egress" in caplog.text
 
 
 @pytest.mark.slow

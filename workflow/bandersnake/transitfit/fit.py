@@ -166,20 +166,27 @@ UNITS = {"t0": "d (BJD_TDB)", "rp_rs_sq": "(Rp/R*)^2, fraction of the stellar fl
          "max_flux_drop": "fraction of the out-of-transit flux"}
 
 
-def contacts_in_data(night, t0, t14):
-    """Posterior probability that the first (``t1``) and the last (``t4``) contact lie between the
-    night's first and last frames, from samples of T0 and T14 (d).
+def ingress_egress_in_frames(night, t0, t14, rp_rs, b):
+    """Posterior probability that the night's frames cover part of the ingress (first to second
+    contact) and part of the egress (third to fourth), from samples of T0, T14 (d), Rp/R* and b.
 
-    A night that holds neither (frames all in transit, or all out of it) constrains T0 and the
-    depth only through the priors and the baseline: warned, since such a fit can look confident
-    (a red-noise wiggle taken for an ingress).
+    The ingress lasts (T14 - T23) / 2, with T23 / T14 the ratio of the chords the planet's centre
+    crosses fully inside and touching the star (exact for a straight chord; within 4 % of the
+    circular orbit's ingress for a/R* >= 3, 0.5 % for a/R* >= 8). A night that covers neither (frames all in the transit's flat part, or
+    all out of transit) constrains T0 and the depth only through the priors and the baseline:
+    warned, since such a fit can look confident (a red-noise wiggle taken for an ingress).
     """
     lo, hi = float(np.min(night.t)), float(np.max(night.t))
-    out = {name: float(np.mean((c > lo) & (c < hi))) for name, c in (("t1", t0 - t14 / 2), ("t4", t0 + t14 / 2))}
+    outer = np.sqrt(np.clip((1 + rp_rs) ** 2 - b * b, 1e-12, None))
+    inner = np.sqrt(np.clip((1 - rp_rs) ** 2 - b * b, 0.0, None))
+    ingress = 0.5 * t14 * (1 - inner / outer)
+    t1, t4 = t0 - t14 / 2, t0 + t14 / 2
+    out = {"ingress": float(np.mean((t1 < hi) & (t1 + ingress > lo))),
+           "egress": float(np.mean((t4 - ingress < hi) & (t4 > lo)))}
     if max(out.values()) < 0.5:
-        log.warning("%s: the frames (%.4f-%.4f) probably hold neither the first nor the last contact "
+        log.warning("%s: the frames (%.4f-%.4f) probably cover neither the ingress nor the egress "
                     "(posterior probability %.2f, %.2f): its T0 and rp_rs_sq rest on the priors and the "
-                    "baseline", night.name, lo, hi, out["t1"], out["t4"])
+                    "baseline", night.name, lo, hi, out["ingress"], out["egress"])
     return out
 
 
@@ -240,7 +247,8 @@ def fit_transits(nights, starts, settings, ld):
     # first and last contact per night (T0 -/+ T14/2): a night that sees only the ingress or the
     # egress measures that contact time directly; its T0 leans on T14, so on b
     contacts = [{"t1": summarize(v - values["t14"] / 2, UNITS["t0"]), "t4": summarize(v + values["t14"] / 2, UNITS["t0"]),
-                 "contacts_in_data": contacts_in_data(night, v, values["t14"])} for night, v in zip(nights, t0s)]
+                 "ingress_egress_in_frames": ingress_egress_in_frames(night, v, values["t14"], values["rp_rs"], values["b"])}
+                for night, v in zip(nights, t0s)]
     # Baseline coefficients: conditional Gaussian draws for a subset of the samples (with the GP,
     # also the white scale's conditional estimate and so the red noise's amplitude).
     rng = np.random.default_rng(int(s["seed"]) + 1)
