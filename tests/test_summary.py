@@ -26,3 +26,21 @@ def test_describe_table_one_star(tmp_path):
     path = tmp_path / "centroids.fits"
     Table({"flag": np.array([0, F.FLAG_CORRUPT, 0], np.int32)}).write(path)
     assert describe_table(path) == "centroids.fits: 3 frames (corrupt frame: 1 frame)"
+
+
+def test_describe_transit_says_when_the_frames_miss_ingress_and_egress(tmp_path):
+    import yaml
+
+    from bandersnake.publish.summary import describe_transit
+
+    path = tmp_path / "T" / "transit" / "transit_fit.yaml"
+    path.parent.mkdir(parents=True)
+    value = {"median": 0.01, "plus": 0.001, "minus": 0.001}
+    fit = {"success": True, "rp_rs_sq": value, "max_flux_drop": value, "t0": {**value, "median": 2460000.5},
+           "ingress_egress_in_frames": {"ingress": 1.0, "egress": 0.1}}
+    path.write_text(yaml.safe_dump(fit))
+    assert describe_transit(path).startswith("T: transit fit: rp_rs_sq (Rp/R*)^2 10.00 +1.00 -1.00 ppt")
+    assert "neither" not in describe_transit(path)
+    fit["ingress_egress_in_frames"] = {"ingress": 0.2, "egress": 0.0}
+    path.write_text(yaml.safe_dump(fit))
+    assert describe_transit(path).endswith("the frames cover neither ingress nor egress: T0 and depth rest on the priors")

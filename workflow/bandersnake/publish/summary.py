@@ -85,9 +85,13 @@ def describe_transit(path):
     fit = yaml.safe_load(Path(path).read_text()) or {}
     if fit.get("success") and isinstance(fit.get("rp_rs_sq"), dict):
         k2, drop, t0 = fit["rp_rs_sq"], fit["max_flux_drop"], fit["t0"]
-        return (f"{target}: transit fit: rp_rs_sq (Rp/R*)^2 {1e3 * k2['median']:.2f} +{1e3 * k2['plus']:.2f} "
+        line = (f"{target}: transit fit: rp_rs_sq (Rp/R*)^2 {1e3 * k2['median']:.2f} +{1e3 * k2['plus']:.2f} "
                 f"-{1e3 * k2['minus']:.2f} ppt, max_flux_drop {1e3 * drop['median']:.2f} ppt, T0 {t0['median']:.5f} "
                 f"+{t0['plus']:.5f} -{t0['minus']:.5f} BJD_TDB (posterior median, 16/84 %)")
+        covered = fit.get("ingress_egress_in_frames")
+        if covered and max(covered.values()) < 0.5:
+            line += "; the frames cover neither ingress nor egress: T0 and depth rest on the priors"
+        return line
     if fit.get("analysis_status") == "FAILED":
         return f"{target}: transit fit not done (no light curve: analysis not possible)"
     return f"{target}: transit fit not done ({fit.get('message', 'no message')})"
