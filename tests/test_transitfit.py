@@ -206,6 +206,9 @@ def test_joint_fit_of_three_nights():
     assert p["p2.5"] <= k * k <= p["p97.5"]
     assert len(eph["o_minus_c_min"]) == 3 and res["chain"]["converged"]
     assert [n["model"] for n in res["noise"]] == ["white"] * 3
+    # the second night starts 36 min after first contact, past its 18-min ingress
+    covered = [c["ingress_egress_in_frames"] for c in res["contacts"]]
+    assert [round(c["ingress"]) for c in covered] == [1, 0, 1] and [c["egress"] for c in covered] == [1.0] * 3
 
 
 @pytest.mark.slow

@@ -247,6 +247,8 @@ def joint_fit_stage(fit_paths, lc_paths, out_yaml, out_png, settings, filter_nam
             report[key] = p[key]
     report["noise"] = dict(zip(res["nights"], res["noise"]))
     report["baseline"] = dict(zip(res["nights"], res["baseline"]))
+    # a night covering neither its ingress nor its egress barely constrains its own T0
+    report["ingress_egress_in_frames"] = {n: c["ingress_egress_in_frames"] for n, c in zip(res["nights"], res["contacts"])}
     report["chain"] = {k: v for k, v in res["chain"].items() if k != "max_log_prob_vector"}
     report["units"] = ("times BJD_TDB (d); period d; O-C min; rp_rs_sq = (Rp/R*)^2 (fraction); "
                        "max_flux_drop = deepest fractional loss of light; medians with 16/84 and 2.5/97.5 percentiles")
