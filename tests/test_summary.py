@@ -28,7 +28,7 @@ def test_describe_table_one_star(tmp_path):
     assert describe_table(path) == "centroids.fits: 3 frames (corrupt frame: 1 frame)"
 
 
-def test_describe_transit_says_when_the_frames_miss_ingress_and_egress(tmp_path):
+def test_describe_transit_says_which_of_ingress_and_egress_the_frames_cover(tmp_path):
     import yaml
 
     from bandersnake.publish.summary import describe_transit
@@ -44,3 +44,10 @@ def test_describe_transit_says_when_the_frames_miss_ingress_and_egress(tmp_path)
     fit["ingress_egress_in_frames"] = {"ingress": 0.2, "egress": 0.0}
     path.write_text(yaml.safe_dump(fit))
     assert describe_transit(path).endswith("the frames cover neither ingress nor egress: T0 and depth rest on the priors")
+    # a partial transit: the contact it saw, which it measures directly
+    fit["ingress_egress_in_frames"] = {"ingress": 0.0, "egress": 0.99}
+    fit["t1"] = {"median": 2460000.44, "plus": 0.004, "minus": 0.003}
+    fit["t4"] = {"median": 2460000.56, "plus": 0.0012, "minus": 0.0011}
+    path.write_text(yaml.safe_dump(fit))
+    assert describe_transit(path).endswith("; only the egress in the frames: last contact 2460000.56000 +0.00120 "
+                                           "-0.00110 BJD_TDB")

@@ -88,9 +88,16 @@ def describe_transit(path):
         line = (f"{target}: transit fit: rp_rs_sq (Rp/R*)^2 {1e3 * k2['median']:.2f} +{1e3 * k2['plus']:.2f} "
                 f"-{1e3 * k2['minus']:.2f} ppt, max_flux_drop {1e3 * drop['median']:.2f} ppt, T0 {t0['median']:.5f} "
                 f"+{t0['plus']:.5f} -{t0['minus']:.5f} BJD_TDB (posterior median, 16/84 %)")
-        covered = fit.get("ingress_egress_in_frames")
-        if covered and max(covered.values()) < 0.5:
+        covered = fit.get("ingress_egress_in_frames") or {}
+        seen = [part for part in ("ingress", "egress") if covered.get(part, 1.0) >= 0.5]
+        if covered and not seen:
             line += "; the frames cover neither ingress nor egress: T0 and depth rest on the priors"
+        elif len(seen) == 1 and isinstance(fit.get("t1"), dict) and isinstance(fit.get("t4"), dict):
+            # a partial transit measures its one contact; T0 also leans on T14 (so on b)
+            contact = fit["t1"] if seen == ["ingress"] else fit["t4"]
+            name = "first contact" if seen == ["ingress"] else "last contact"
+            line += (f"; only the {seen[0]} in the frames: {name} {contact['median']:.5f} +{contact['plus']:.5f} "
+                     f"-{contact['minus']:.5f} BJD_TDB")
         return line
     if fit.get("analysis_status") == "FAILED":
         return f"{target}: transit fit not done (no light curve: analysis not possible)"
