@@ -168,18 +168,15 @@ UNITS = {"t0": "d (BJD_TDB)", "rp_rs_sq": "(Rp/R*)^2, fraction of the stellar fl
 
 def ingress_egress_in_frames(night, t0, t14, rp_rs, b):
     """Posterior probability that the night's frames cover part of the ingress (first to second
-    contact) and part of the egress (third to fourth), from samples of T0, T14 (d), Rp/R* and b.
+    contact) and part of the egress (third to fourth), from samples of T0, T14 (d), Rp/R* and b
+    (ingress duration: :func:`~.model.ingress_duration`).
 
-    The ingress lasts (T14 - T23) / 2, with T23 / T14 the ratio of the chords the planet's centre
-    crosses fully inside and touching the star (exact for a straight chord; within 4 % of the
-    circular orbit's ingress for a/R* >= 3, 0.5 % for a/R* >= 8). A night that covers neither (frames all in the transit's flat part, or
-    all out of transit) constrains T0 and the depth only through the priors and the baseline:
-    warned, since such a fit can look confident (a red-noise wiggle taken for an ingress).
+    A night that covers neither (frames all in the transit's flat part, or all out of transit)
+    constrains T0 and the depth only through the priors and the baseline: warned, since such a fit
+    can look confident (a red-noise wiggle taken for an ingress).
     """
     lo, hi = float(np.min(night.t)), float(np.max(night.t))
-    outer = np.sqrt(np.clip((1 + rp_rs) ** 2 - b * b, 1e-12, None))
-    inner = np.sqrt(np.clip((1 - rp_rs) ** 2 - b * b, 0.0, None))
-    ingress = 0.5 * t14 * (1 - inner / outer)
+    ingress = ingress_duration(t14, rp_rs, b)
     t1, t4 = t0 - t14 / 2, t0 + t14 / 2
     out = {"ingress": float(np.mean((t1 < hi) & (t1 + ingress > lo))),
            "egress": float(np.mean((t4 - ingress < hi) & (t4 > lo)))}

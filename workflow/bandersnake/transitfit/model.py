@@ -24,9 +24,15 @@ DAY_S = 86400.0
 NO_PERIOD_D = 1000.0        # "no period given": a 1000-d circular orbit is a straight chord to < 1e-6
 
 
-def ingress_duration(t14, rp_rs):
-    """Shortest ingress duration (d) of a transit of total duration ``t14``: tau = T14 k / (1 + k) at b = 0."""
-    return t14 * rp_rs / (1.0 + rp_rs)
+def ingress_duration(t14, rp_rs, b=0.0):
+    """Ingress (= egress) duration (d) of a transit of total duration ``t14``: (T14 - T23) / 2, with
+    T23 / T14 the ratio of the chords the planet's centre crosses fully inside and touching the
+    star, sqrt((1 - k)^2 - b^2) / sqrt((1 + k)^2 - b^2) (exact for a straight chord; within 4 % of a
+    circular orbit's ingress for a/R* >= 3, 0.5 % for a/R* >= 8). At b = 0 it is the shortest,
+    T14 k / (1 + k). Works on arrays."""
+    outer = np.sqrt(np.clip((1.0 + rp_rs) ** 2 - b * b, 1e-12, None))
+    inner = np.sqrt(np.clip((1.0 - rp_rs) ** 2 - b * b, 0.0, None))
+    return 0.5 * t14 * (1.0 - inner / outer)
 
 
 def supersample_factor(exptime_s, max_step_s):
