@@ -13,6 +13,9 @@ truth lies in the 68 % (16-84) and 95 % (2.5-97.5) intervals.
 
     PYTHONPATH=workflow python benchmarks/bench_transit_coverage.py --cases 200 --jobs 2
 
+``--b-prior 0.1``: the fit also gets a published impact parameter (the truth plus a 0.1 error, as
+``b``/``b_err``), as for a known planet.
+
 Diagnostics: ``--b 0`` (a fixed true b), ``--only partial`` (only nights seeing part of the transit),
 ``--oracle gp,b,ld,density`` (the fit given the truth of those nuisances: which one a shortfall
 comes from), ``--no-red``, ``--noise``, ``--kernel``.
@@ -133,9 +136,13 @@ def _fit_holding_gp(*args, **kwargs):
         fit_module.Posterior = Posterior
 
 
-def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False, threads=1, oracle=()):
+def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False, threads=1, oracle=(),
+             b_prior=None):
     t, flux, err, settings, ld, truth = draw_case(seed, b, red)
     settings["threads"] = threads
+    if b_prior:   # a published b of that 1-sigma: the truth plus its error (so possibly < 0)
+        settings["b"] = truth["b"] + b_prior * np.random.default_rng([seed, 1]).standard_normal()
+        settings["b_err"] = b_prior
     settings, ld = apply_oracle(oracle, settings, ld, truth)
     if prior_as_population:   # diagnostic: the fit's priors of b and limb darkening = the simulator's spread
         settings["b_max"] = 0.9
@@ -154,6 +161,8 @@ def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_populatio
                steps=res["chain"]["n_steps"], n_ensembles=res["chain"].get("n_ensembles", 1),
                rhat_max=max(res["chain"].get("rhat", [1.0])),
                beta=res["noise"]["beta"], noise=res["noise"]["model"], **{f"true_{k}": v for k, v in truth.items()})
+    if b_prior:
+        out["b_published"] = settings["b"]
     if "gp" in res["noise"]:
         out["gp_h"] = res["noise"]["gp"]["h"]["median"]
         out["gp_tau_min"] = res["noise"]["gp"]["tau_min"]["median"]
@@ -274,6 +283,8 @@ def main(argv=None):
                     help="only the seeds (from --first-seed on) whose window sees the whole transit / part of it")
     ap.add_argument("--oracle", default="", help="diagnostic: comma-separated nuisances given their truth: " + ", ".join(ORACLE)
                     + " (see apply_oracle)")
+    ap.add_argument("--b-prior", type=float, default=None, metavar="SIGMA",
+                    help="the fit gets a published b of this 1-sigma (b and b_err: a Gaussian prior)")
     ap.add_argument("--threads", type=int, default=2,
                     help="processes per fit (2: two MCMC ensembles, as the workflow's rule runs it)")
     ap.add_argument("--json", default=None, help="write the per-case rows here (one JSON object per line, as they end)")
@@ -299,7 +310,8 @@ def main(argv=None):
     rows = []
     out = open(args.json, "a") if args.json else None
     with Pool(args.jobs) as pool:
-        for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population, args.threads, oracle)
+        for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population, args.threads, oracle,
+                                          args.b_prior)
                                          for s in seeds]):
             rows.append(row)
             if out:

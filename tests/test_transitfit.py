@@ -149,6 +149,40 @@ def test_night_inside_the_transit_is_warned(caplog):
     assert "neither the ingress nor the egress" in caplog.text
 
 
+def test_published_b_pins_the_mid_time_of_a_partial_transit():
+    """A night that sees only the egress of a central transit (frames from 14 min after mid-transit
+    on; T14 = 2.9 h) measures the last contact: its T0 is that minus T14/2, and T14 depends on b,
+    which one egress barely constrains. With b uniform the posterior of b spreads over 0-0.7 and
+    T0 comes out late by several minutes in a skewed interval; a published b (0.0 +- 0.05, as
+    ``b``/``b_err``) pins T14 and T0 comes back within its error of the truth."""
+    t0 = 2460000.70
+    t, flux, err = _night(32, t0, b=0.0, start=0.01, length=0.1, sr=5e-4)
+    settings = dict(t0=t0 + 0.004, period=3.0, duration=0.12, stellar_density=1.4, stellar_density_err=0.14)
+    ld = dict(u1=0.3, u2=0.2, sigma=0.1)
+    free = fit_night(t, flux, err, settings, exptime_s=50.0, ld=ld)
+    known = fit_night(t, flux, err, dict(settings, b=0.0, b_err=0.05), exptime_s=50.0, ld=ld)
+    width = [0.5 * (r["t0"]["p84"] - r["t0"]["p16"]) for r in (free, known)]
+    assert free["parameters"]["b"]["upper_95"] > 0.3               # one egress: b barely known
+    # the prior's own 95th percentile (half-normal, sigma 0.05) is 0.098: the data do not widen it
+    assert known["parameters"]["b"]["upper_95"] < 0.12
+    assert width[1] < 0.6 * width[0], [w * 1440 for w in width]    # measured 2.5 min against 6.6
+    assert abs(known["t0"]["median"] - t0) < width[1]
+    # the prior is recorded with the fit
+    from bandersnake.transitfit.night import report_dict
+    assert report_dict(known, dict(settings, b=0.0, b_err=0.05))["priors"]["b_gaussian"] == [0.0, 0.05]
+
+
+@pytest.mark.parametrize("gaussian", [None, (0.1, 0.2), (-0.05, 0.05)])
+def test_b_prior_is_normalised_over_its_range(gaussian):
+    """The prior density of b integrates to 1 over [0, 1 + k) for every k (else it would favour some
+    radius ratios): trapezoid sums on 20001 points, good to 1e-6."""
+    from bandersnake.transitfit.posterior import log_b_prior
+
+    for k in (0.05, 0.2):
+        b = np.linspace(0.0, 1.0 + k, 20001)
+        assert np.trapezoid(np.exp(log_b_prior(b, 1.0 + k, gaussian)), b) == pytest.approx(1.0, abs=1e-6)
+
+
 @pytest.mark.slow
 def test_rp_rs_sq_and_max_flux_drop_differ():
     """With limb darkening the deepest loss of light exceeds (Rp/R*)^2: both are reported."""
@@ -310,8 +344,8 @@ def test_gp_likelihood_equals_the_dense_computation(kernel):
         assert s2[j] == pytest.approx(chi2 / (n - 3), rel=1e-8)
 
 
-@pytest.mark.parametrize("noise", ["gp", "beta", "white"])
-def test_vectorised_posterior_equals_single_calls(noise):
+@pytest.mark.parametrize("noise,b_prior", [("gp", None), ("beta", None), ("white", None), ("white", (0.2, 0.1))])
+def test_vectorised_posterior_equals_single_calls(noise, b_prior):
     """emcee calls Posterior.batch on all walkers at once; it must equal __call__ row by row (1e-9
     relative: the same sums in another order), in and out of the prior."""
     from bandersnake.transitfit.fit import prepare_night
@@ -321,7 +355,8 @@ def test_vectorised_posterior_equals_single_calls(noise):
     t, flux, err = _night(21, t0, b=0.3, sr=5e-4)
     night, start = prepare_night("n", t, flux, err, dict(t0=t0, period=3.0, duration=0.12), None, 50.0)
     night.noise_factor = 1.2
-    post = Posterior([night], period=3.0, ld=dict(u1=0.3, u2=0.2, sigma=0.1), density=(1.4, 0.14), noise=noise)
+    post = Posterior([night], period=3.0, ld=dict(u1=0.3, u2=0.2, sigma=0.1), density=(1.4, 0.14), noise=noise,
+                     b_prior=b_prior)
     rng = np.random.default_rng(4)
     x0 = post.pack([t0], 0.01, 0.3, start["t14"], gp=[(0.5, 15 / 1440)])
     xs = x0 + rng.normal(0, 1, (40, len(x0))) * np.where(np.arange(len(x0)) == 0, 2e-3, 0.05 * np.abs(x0) + 0.02)

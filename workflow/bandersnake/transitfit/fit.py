@@ -100,6 +100,8 @@ def start_vectors(post, starts):
     t14 = float(np.median([st["t14"] for st in starts]))
     vecs = []
     bs = [None] if post.b_fixed is not None else [0.1, 0.45, 0.75]
+    if post.b_prior:   # and the published value
+        bs.insert(0, float(np.clip(post.b_prior[0], 0.0, 0.95)))
     for b in bs:
         for f in (1.0,):
             k2 = min(depth * 1.2, RP_RS_SQ_MAX * 0.9)
@@ -187,6 +189,14 @@ def ingress_egress_in_frames(night, t0, t14, rp_rs, b):
     return out
 
 
+def b_prior_from(settings):
+    """(mean, sigma) of the Gaussian prior on b when the settings give ``b`` with ``b_err`` > 0, else
+    None (``b`` alone fixes it)."""
+    if settings.get("b") is not None and settings.get("b_err"):
+        return float(settings["b"]), float(settings["b_err"])
+    return None
+
+
 def fit_transits(nights, starts, settings, ld):
     """Fit one or several prepared nights with shared shape and per-night mid-times.
 
@@ -196,7 +206,8 @@ def fit_transits(nights, starts, settings, ld):
     starts : list of dict
         Start values per night (:func:`prepare_night`).
     settings : dict
-        ``period``, ``b``, ``b_max``, ``stellar_density``, ``stellar_density_err``, ``n_tau``,
+        ``period``, ``b`` (with ``b_err``: a Gaussian prior; alone: fixed), ``b_max``,
+        ``stellar_density``, ``stellar_density_err``, ``n_tau``,
         ``max_steps``, ``seed``, ``threads`` (processes of the MCMC: 1 or 2).
     ld : dict
         Limb-darkening prior (:func:`~.limbdark.limb_darkening_prior`).
@@ -215,7 +226,9 @@ def fit_transits(nights, starts, settings, ld):
         if not s.get("period"):
             log.warning("stellar_density given without a period: the density prior is not used")
     noise = s.get("noise") or "gp"
-    common = dict(period=s.get("period"), b_fixed=s.get("b"), b_max=s.get("b_max"), ld=ld, density=density)
+    b_prior = b_prior_from(s)
+    common = dict(period=s.get("period"), b_fixed=None if b_prior else s.get("b"), b_prior=b_prior,
+                  b_max=s.get("b_max"), ld=ld, density=density)
     # best fit under white noise first: the start of every noise model, and the residuals whose
     # white scale and beta are reported (and used by the beta and white models)
     post = Posterior(nights, noise="white" if noise == "white" else "beta", **common)

@@ -9,7 +9,8 @@ Parameters sampled (days for times):
   (Kepler's law); without a period the transit is a straight chord.
 
 Priors: t0 uniform in the night's window; rp_rs_sq uniform in (0, 0.25]; b uniform in [0, b_max)
-with b_max = 1 + Rp/R* by default (the natural bound: any b with a transit); with a period, the
+with b_max = 1 + Rp/R* by default (the natural bound: any b with a transit), or, when a published
+value is given (``b_prior``), a Gaussian truncated to that range; with a period, the
 stellar density rho_star Gaussian when the config gives ``stellar_density`` (and its error), else
 uniform in ln rho_star over 0.01-100 g/cm^3; t14 (no period) uniform in [5 min, 0.5 d]; u1, u2
 Gaussian (:mod:`.limbdark`) inside the physical region (u1 >= 0, u1 + u2 <= 1, u1 + 2 u2 >= 0;
@@ -40,6 +41,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import erf
 
 from .model import NO_PERIOD_D as NO_PERIOD, TransitModel, orbit_from_duration, stellar_density
 
@@ -132,6 +134,32 @@ def design_matrix(t, order=1, regressors=None):
     return np.column_stack(cols), names
 
 
+def log_b_prior(b, b_hi, gaussian=None):
+    """Log prior density of the impact parameter inside its range [0, ``b_hi``) (checked by the caller).
+
+    Parameters
+    ----------
+    b, b_hi : float or ndarray
+        Impact parameter and its upper bound (R*): min(b_max, 1 + Rp/R*).
+    gaussian : (float, float) or None
+        Mean and 1-sigma of a published b: a Gaussian truncated to the range. None: uniform.
+
+    Notes
+    -----
+    The density is normalised over the range: the bound 1 + Rp/R* depends on the radius ratio, and
+    without the normalisation the prior would favour large ratios by giving them more room in b.
+
+    Returns
+    -------
+    float or ndarray
+    """
+    if gaussian is None:
+        return -np.log(b_hi) + np.zeros_like(b)
+    mean, sigma = gaussian
+    mass = 0.5 * (erf((b_hi - mean) / (sigma * math.sqrt(2))) - erf(-mean / (sigma * math.sqrt(2))))
+    return -0.5 * ((b - mean) / sigma) ** 2 - np.log(mass * sigma * math.sqrt(2 * math.pi))
+
+
 class Posterior:
     """Log-posterior of shared transit parameters and per-night mid-times (callable for emcee).
 
@@ -143,6 +171,9 @@ class Posterior:
     b_fixed : float or None
     b_max : float or None
         Upper bound of b; None: 1 + Rp/R*.
+    b_prior : (float, float) or None
+        Mean and 1-sigma of a Gaussian prior on b (a published value), truncated to [0, b_max);
+        None: uniform.
     ld : dict
         ``u1``, ``u2``, ``sigma`` (0: fixed).
     density : (float, float) or None
@@ -150,7 +181,7 @@ class Posterior:
     """
 
     def __init__(self, nights, period=None, b_fixed=None, b_max=None, ld=None, density=None, noise="beta",
-                 kernel="matern32"):
+                 kernel="matern32", b_prior=None):
         if noise not in NOISE_MODELS:
             raise ValueError(f"unknown noise model {noise!r}; choose from {list(NOISE_MODELS)}")
         self.noise = noise
@@ -159,6 +190,7 @@ class Posterior:
         self.period = period
         self.b_fixed = b_fixed
         self.b_max = b_max
+        self.b_prior = None if b_fixed is not None else b_prior
         self.ld = dict(ld or {"u1": 0.4, "u2": 0.25, "sigma": 0.1})
         self.fit_ld = self.ld["sigma"] > 0
         self.density = density if (density and period) else None
@@ -228,10 +260,8 @@ class Posterior:
         if self.b_fixed is None and not 0.0 <= b < b_hi:
             return -np.inf
         lp = 0.0
-        if self.b_fixed is None and self.b_max is None:
-            # uniform in [0, 1 + k): the normalisation depends on k; without it the prior would
-            # favour large k by giving it more room in b
-            lp -= math.log(1.0 + k)
+        if self.b_fixed is None:
+            lp += float(log_b_prior(b, b_hi, self.b_prior))
         if self.period:
             a_rs, _, t14, _ = self.orbit(par)
             if not math.isfinite(a_rs):
@@ -379,8 +409,7 @@ class Posterior:
         if self.b_fixed is None:
             b_hi = 1.0 + k if self.b_max is None else np.minimum(self.b_max, 1.0 + k)
             ok &= (b >= 0) & (b < b_hi)
-            if self.b_max is None:
-                lp -= np.log1p(k)
+            lp += log_b_prior(b, b_hi, self.b_prior)
         u1 = col.get("u1", np.full(w, self.ld["u1"]))
         u2 = col.get("u2", np.full(w, self.ld["u2"]))
         if self.fit_ld:
