@@ -177,6 +177,8 @@ def test_transit_entry_without_t0_or_window_is_a_config_error():
     from bandersnake.errors import ConfigError
     with pytest.raises(ConfigError, match="t0"):
         validate({"analysis_settings": {"transit": {"X": {"period": 1.0}}}}, "night.schema.yaml", "night file")
+    with pytest.raises(ConfigError, match="'b' is a dependency of 'b_err'"):   # an error without its value
+        validate({"analysis_settings": {"transit": {"X": {"t0": 1.0, "b_err": 0.1}}}}, "night.schema.yaml", "night file")
 
 
 @pytest.mark.parametrize("name, code", [("z", "SZ"), ("z'", "SZ"), ("V", "V"), ("Ic", "I"), ("I+z", "CV")])

@@ -79,7 +79,7 @@ def fit_joint(nights, settings, ld):
         :func:`~.night.read_lc_table` returns), with per-night settings under ``settings`` (t0,
         window, duration) if any.
     settings : dict
-        Shared settings: ``period`` (required), ``t0``, ``t0_err``, ``period_err``, ``b``, ``b_max``,
+        Shared settings: ``period`` (required), ``t0``, ``t0_err``, ``period_err``, ``b``, ``b_err``, ``b_max``,
         ``stellar_density``, ``stellar_density_err``, ``baseline_order``, ``n_tau``, ``max_steps``.
     ld : dict
         Limb-darkening prior.
