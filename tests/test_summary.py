@@ -51,3 +51,10 @@ def test_describe_transit_says_which_of_ingress_and_egress_the_frames_cover(tmp_
     path.write_text(yaml.safe_dump(fit))
     assert describe_transit(path).endswith("; only the egress in the frames: last contact 2460000.56000 +0.00120 "
                                            "-0.00110 BJD_TDB")
+    # fitted with b free (uniform): where to give a published b
+    fit["priors"] = {"b_fixed": None, "b_gaussian": None}
+    path.write_text(yaml.safe_dump(fit))
+    assert describe_transit(path).endswith("BJD_TDB (T0 from it leans on b: give b and b_err when published)")
+    fit["priors"] = {"b_fixed": None, "b_gaussian": [0.1, 0.05]}
+    path.write_text(yaml.safe_dump(fit))
+    assert describe_transit(path).endswith("-0.00110 BJD_TDB")

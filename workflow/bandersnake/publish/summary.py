@@ -98,6 +98,9 @@ def describe_transit(path):
             name = "first contact" if seen == ["ingress"] else "last contact"
             line += (f"; only the {seen[0]} in the frames: {name} {contact['median']:.5f} +{contact['plus']:.5f} "
                      f"-{contact['minus']:.5f} BJD_TDB")
+            priors = fit.get("priors") or {}
+            if priors and priors.get("b_fixed") is None and not priors.get("b_gaussian"):
+                line += " (T0 from it leans on b: give b and b_err when published)"
         return line
     if fit.get("analysis_status") == "FAILED":
         return f"{target}: transit fit not done (no light curve: analysis not possible)"
