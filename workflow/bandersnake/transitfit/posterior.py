@@ -144,14 +144,14 @@ def log_b_prior(b, b_hi, gaussian=None):
     gaussian : (float, float) or None
         Mean and 1-sigma of a published b: a Gaussian truncated to the range. None: uniform.
 
+    Returns
+    -------
+    float or ndarray
+
     Notes
     -----
     The density is normalised over the range: the bound 1 + Rp/R* depends on the radius ratio, and
     without the normalisation the prior would favour large ratios by giving them more room in b.
-
-    Returns
-    -------
-    float or ndarray
     """
     if gaussian is None:
         return -np.log(b_hi) + np.zeros_like(b)
