@@ -325,7 +325,7 @@ def fit_transits(nights, starts, settings, ld):
     chain["max_log_prob_vector"] = [float(v) for v in med]
     return {"parameters": params, "t0": t0_summ, "contacts": contacts, "samples": {**values, "t0": t0s}, "chain": chain,
             "noise": noise, "baseline": baseline, "best": best, "names": post.names, "density_prior": density,
-            "ld": ld, "period": s.get("period")}
+            "b_prior": b_prior, "ld": ld, "period": s.get("period")}
 
 
 def fit_night(t, flux, err, settings=None, regressors=None, exptime_s=None, ld=None, name="night"):

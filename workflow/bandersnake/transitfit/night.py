@@ -76,9 +76,7 @@ def plain(v):
 
 def report_dict(res, settings, night="", target="", aperture=None):
     """The YAML report of a night's fit (see the module docstring for the keys)."""
-    from .fit import b_prior_from
-
-    b_prior = b_prior_from(settings)
+    b_prior = res.get("b_prior")
     p = res["parameters"]
     rep = {"success": True, "message": "converged" if res["chain"]["converged"] else
            "chain shorter than n_tau autocorrelation times: intervals less certain",
