@@ -18,7 +18,7 @@ truth lies in the 68 % (16-84) and 95 % (2.5-97.5) intervals.
 
 Diagnostics: ``--b 0`` (a fixed true b), ``--only partial`` (only nights seeing part of the transit),
 ``--oracle gp,b,ld,density`` (the fit given the truth of those nuisances: which one a shortfall
-comes from), ``--no-red``, ``--noise``, ``--kernel``.
+comes from), ``--ld-sigma`` (the fit's limb-darkening prior width), ``--no-red``, ``--noise``, ``--kernel``.
 """
 
 import argparse
@@ -137,7 +137,7 @@ def _fit_holding_gp(*args, **kwargs):
 
 
 def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False, threads=1, oracle=(),
-             b_prior=None):
+             b_prior=None, ld_sigma=None):
     t, flux, err, settings, ld, truth = draw_case(seed, b, red)
     settings["threads"] = threads
     if b_prior:   # a published b of that 1-sigma: the truth plus its error (so possibly < 0)
@@ -147,6 +147,8 @@ def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_populatio
     if prior_as_population:   # diagnostic: the fit's priors of b and limb darkening = the simulator's spread
         settings["b_max"] = 0.9
         ld["sigma"] = 0.05
+    if ld_sigma is not None:
+        ld["sigma"] = ld_sigma
     if noise:
         settings["noise"] = noise
     if kernel and "gp" not in oracle:
@@ -285,6 +287,8 @@ def main(argv=None):
                     + " (see apply_oracle)")
     ap.add_argument("--b-prior", type=float, default=None, metavar="SIGMA",
                     help="the fit gets a published b of this 1-sigma (b and b_err: a Gaussian prior)")
+    ap.add_argument("--ld-sigma", type=float, default=None,
+                    help="diagnostic: the width of the fit's limb-darkening prior (default the fit's, 0.1)")
     ap.add_argument("--threads", type=int, default=2,
                     help="processes per fit (2: two MCMC ensembles, as the workflow's rule runs it)")
     ap.add_argument("--json", default=None, help="write the per-case rows here (one JSON object per line, as they end)")
@@ -311,7 +315,7 @@ def main(argv=None):
     out = open(args.json, "a") if args.json else None
     with Pool(args.jobs) as pool:
         for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population, args.threads, oracle,
-                                          args.b_prior)
+                                          args.b_prior, args.ld_sigma)
                                          for s in seeds]):
             rows.append(row)
             if out:
