@@ -78,6 +78,7 @@ def report_dict(res, settings, night="", target="", aperture=None):
     """The YAML report of a night's fit (see the module docstring for the keys)."""
     b_prior = res.get("b_prior")
     p = res["parameters"]
+    b_fixed = p["b"]["median"] if p["b"].get("fixed") else None
     rep = {"success": True, "message": "converged" if res["chain"]["converged"] else
            "chain shorter than n_tau autocorrelation times: intervals less certain",
            "night": night, "target": target, "aperture": aperture,
@@ -92,7 +93,7 @@ def report_dict(res, settings, night="", target="", aperture=None):
     rep["chain"] = {k: v for k, v in res["chain"].items() if k != "max_log_prob_vector"}
     rep["priors"] = {"period": res.get("period"), "window": res.get("window"),
                      "stellar_density": list(res["density_prior"]) if res.get("density_prior") else None,
-                     "limb_darkening": res["ld"], "b_fixed": None if b_prior else settings.get("b"),
+                     "limb_darkening": res["ld"], "b_fixed": b_fixed,
                      "b_gaussian": list(b_prior) if b_prior else None, "b_max": settings.get("b_max"),
                      "baseline_order": int(settings.get("baseline_order", 1)), "detrend": detrend_names(settings)}
     rep["units"] = UNITS_NOTE

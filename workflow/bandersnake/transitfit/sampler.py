@@ -230,11 +230,9 @@ def _sampler(post, x_best, cov, seed, n_walkers):
     p0 = _ball(post, x_best, rng, n_walkers, cov)
     # Differential-evolution proposals (ter Braak 2006): on the curved T0-b-density posteriors of
     # partial transits they gave 2.5-3 times shorter autocorrelation times than emcee's default
-    # stretch move (measured on three coverage-benchmark cases). No snooker move: emcee's
-    # (<= 3.1.6; fixed upstream in pull request 531, unreleased) does not sample the posterior. With
-    # 20 % of it, a night's T0 interval came out 9 % and its depth's 6 % narrower than a
-    # brute-force grid's (seed 5014 of the coverage benchmark, 8000 steps), and the fits' errors
-    # 10-20 % too small; with the move corrected, no shorter chains than DE alone.
+    # stretch move (measured on three coverage-benchmark cases). No snooker move: emcee's (<= 3.1.6;
+    # fixed upstream in pull request 531, unreleased) samples a narrower distribution than the
+    # posterior (intervals 6-9 % short; BENCHMARKS.md, "The sampler, corrected").
     moves = [emcee.moves.DEMove()]
     sampler = emcee.EnsembleSampler(n_walkers, ndim, post.batch, moves=moves, vectorize=True)
     sampler._random = np.random.mtrand.RandomState(seed)
