@@ -6,9 +6,10 @@ observing window of 2.5-5 h planned from the predicted T0 and duration (off by ~
 it starts between half a predicted duration after the predicted first contact (a partial transit: no
 ingress) and an hour before it (so some windows also miss the egress), 60-s frames
 (50-s exposures), a baseline slope, white noise of 1-3 ppt and red noise (Ornstein-Uhlenbeck,
-5-30 min, 0-0.4 of the white level). The fit gets what an observer has: the period, a predicted
-T0 off by ~10 min, a duration guess off by ~10 %, a stellar density measured to 10 %, the table's
-limb darkening (prior width 0.1). It reports, for T0 and rp_rs_sq, the fraction of cases whose
+5-30 min, 0-1 of the white level: the real ARCSAT XO-1 b night's fit gives 1.06 (+0.99 -0.40) at
+10 min; until Dec 2026 the benchmark drew 0-0.4, ``--red-max 0.4``). The fit gets what an
+observer has: the period, a predicted T0 off by ~10 min, a duration guess off by ~10 %, a stellar
+density measured to 10 %, the table's limb darkening (prior width 0.1). It reports, for T0 and rp_rs_sq, the fraction of cases whose
 truth lies in the 68 % (16-84) and 95 % (2.5-97.5) intervals.
 
     PYTHONPATH=workflow python benchmarks/bench_transit_coverage.py --cases 200 --jobs 2
@@ -37,9 +38,13 @@ from bandersnake.transitfit.model import a_rs_from_density, duration_from_orbit
 from bandersnake.transitfit.posterior import GP_LOG10_H, Posterior
 
 
-def draw_case(seed, b=None, red=True, noise_seed=None):
+RED_MAX = 1.0   # the red noise's largest ratio to the white level (see the module's docstring)
+
+
+def draw_case(seed, b=None, red=True, noise_seed=None, red_max=RED_MAX):
     """Truth, light curve and fit settings of one simulated night (``noise_seed``: another noise
-    realisation of the same night, for diagnostics)."""
+    realisation of the same night, for diagnostics; ``red_max``: the red noise's largest ratio to
+    the white level)."""
     rng = np.random.default_rng(seed)
     period = rng.uniform(1.5, 6.0)
     rho = rng.uniform(0.8, 2.0)
@@ -60,7 +65,7 @@ def draw_case(seed, b=None, red=True, noise_seed=None):
     length = rng.uniform(2.5, 5.0) / 24
     t = np.arange(start, start + length, 60 / 86400)
     sw = rng.uniform(1e-3, 3e-3)
-    sr = rng.uniform(0.0, 0.4) * sw if red else 0.0
+    sr = rng.uniform(0.0, red_max) * sw if red else 0.0
     tau = rng.uniform(5, 30) / 1440
     flux, _ = simulate_transit_lc(t, t0, period, k, a_rs, b, u1, u2, exptime_s=50.0, sigma_white=sw,
                                   sigma_red=sr, tau_red_d=tau, slope=rng.normal(0, 0.01),
@@ -137,8 +142,8 @@ def _fit_holding_gp(*args, **kwargs):
 
 
 def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False, threads=1, oracle=(),
-             b_prior=None, ld_sigma=None):
-    t, flux, err, settings, ld, truth = draw_case(seed, b, red)
+             b_prior=None, ld_sigma=None, red_max=RED_MAX):
+    t, flux, err, settings, ld, truth = draw_case(seed, b, red, red_max=red_max)
     settings["threads"] = threads
     if b_prior:   # a published b of that 1-sigma: the truth plus its error (so possibly < 0)
         settings["b"] = truth["b"] + b_prior * np.random.default_rng([seed, 1]).standard_normal()
@@ -225,7 +230,9 @@ def report_split(rows):
     print("|---|---|---|---|---|---|")
     subsets = [("all", lambda r: True),
                ("red noise < 0.1 of the white level", lambda r: r["true_sigma_red"] < 0.1 * r["true_sigma_white"]),
-               ("red noise 0.1-0.4 of the white level", lambda r: r["true_sigma_red"] >= 0.1 * r["true_sigma_white"]),
+               ("red noise 0.1-0.4 of the white level",
+                lambda r: 0.1 * r["true_sigma_white"] <= r["true_sigma_red"] < 0.4 * r["true_sigma_white"]),
+               ("red noise >= 0.4 of the white level", lambda r: r["true_sigma_red"] >= 0.4 * r["true_sigma_white"]),
                ("full transits", lambda r: not r["true_partial"]),
                ("partial transits", lambda r: r["true_partial"]),
                ("no contact in the frames (truth)", lambda r: "t1_seen" in r and not (r["t1_seen"] or r["t4_seen"])),
@@ -253,7 +260,7 @@ def report(rows):
         for level, target, tol in ((68, 0.68, 0.05), (95, 0.95, 0.03)):
             frac = np.mean([r[f"{name}_in{level}"] for r in rows])
             se = math.sqrt(target * (1 - target) / n)
-            ok = "PASS" if abs(frac - target) <= tol else "FAIL"
+            ok = "PASS" if round(abs(frac - target), 9) <= tol else "FAIL"   # the band is inclusive
             print(f"{name:9s} truth in {level} % interval: {100 * frac:5.1f} % (target {100 * target:.0f} +- "
                   f"{100 * tol:.0f}; binomial s.e. {100 * se:.1f}) {ok}")
         pulls = np.array([r[f"{name}_pull"] for r in rows])
@@ -279,6 +286,8 @@ def main(argv=None):
     ap.add_argument("--noise", default=None, help="noise model (gp, beta, white); default the fit's")
     ap.add_argument("--kernel", default=None, help="GP kernel (matern32, exp); default the fit's")
     ap.add_argument("--no-red", action="store_true", help="white noise only")
+    ap.add_argument("--red-max", type=float, default=RED_MAX,
+                    help=f"the red noise's largest ratio to the white level (default {RED_MAX}; 0.4 before Dec 2026)")
     ap.add_argument("--prior-as-population", action="store_true",
                     help="diagnostic: fit with b < 0.9 and limb-darkening priors of width 0.05, the simulator's spread")
     ap.add_argument("--only", choices=("full", "partial"), default=None,
@@ -307,7 +316,7 @@ def main(argv=None):
         want_partial = args.only == "partial"
         seeds, seed = [], args.first_seed
         while len(seeds) < args.cases:
-            if draw_case(seed, args.b, not args.no_red)[5]["partial"] == want_partial:
+            if draw_case(seed, args.b, not args.no_red, red_max=args.red_max)[5]["partial"] == want_partial:
                 seeds.append(seed)
             seed += 1
     t1 = time.time()
@@ -315,7 +324,7 @@ def main(argv=None):
     out = open(args.json, "a") if args.json else None
     with Pool(args.jobs) as pool:
         for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population, args.threads, oracle,
-                                          args.b_prior, args.ld_sigma)
+                                          args.b_prior, args.ld_sigma, args.red_max)
                                          for s in seeds]):
             rows.append(row)
             if out:
