@@ -9,13 +9,15 @@ ingress) and an hour before it (so some windows also miss the egress), 60-s fram
 5-30 min, 0-1 of the white level: the real ARCSAT XO-1 b night's fit gives 1.06 (+0.99 -0.40) at
 10 min; until Dec 2026 the benchmark drew 0-0.4, ``--red-max 0.4``). The fit gets what an
 observer has: the period, a predicted T0 off by ~10 min, a duration guess off by ~10 %, a stellar
-density measured to 10 %, the table's limb darkening (prior width 0.1). It reports, for T0 and rp_rs_sq, the fraction of cases whose
-truth lies in the 68 % (16-84) and 95 % (2.5-97.5) intervals.
+density measured to 10 %, the table's limb darkening (prior width 0.1). It reports, for T0 and
+rp_rs_sq, the fraction of cases whose truth lies in the 68 % (16-84) and 95 % (2.5-97.5) intervals.
 
     PYTHONPATH=workflow python benchmarks/bench_transit_coverage.py --cases 200 --jobs 2
 
 ``--b-prior 0.1``: the fit also gets a published impact parameter (the truth plus a 0.1 error, as
 ``b``/``b_err``), as for a known planet.
+``--gp-h-range``, ``--gp-tau-range``: the fit's GP prior ranges (``gp_h_range``,
+``gp_tau_range_min``), as an instrument's own would be set.
 
 Diagnostics: ``--b 0`` (a fixed true b), ``--only partial`` (only nights seeing part of the transit),
 ``--oracle gp,b,ld,density`` (the fit given the truth of those nuisances: which one a shortfall
@@ -142,7 +144,7 @@ def _fit_holding_gp(*args, **kwargs):
 
 
 def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False, threads=1, oracle=(),
-             b_prior=None, ld_sigma=None, red_max=RED_MAX):
+             b_prior=None, ld_sigma=None, red_max=RED_MAX, gp_ranges=None):
     t, flux, err, settings, ld, truth = draw_case(seed, b, red, red_max=red_max)
     settings["threads"] = threads
     if b_prior:   # a published b of that 1-sigma: the truth plus its error (so possibly < 0)
@@ -156,6 +158,7 @@ def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_populatio
         ld["sigma"] = ld_sigma
     if noise:
         settings["noise"] = noise
+    settings.update(gp_ranges or {})
     if kernel and "gp" not in oracle:
         settings["gp_kernel"] = kernel
     t1 = time.process_time()
@@ -298,11 +301,16 @@ def main(argv=None):
                     help="the fit gets a published b of this 1-sigma (b and b_err: a Gaussian prior)")
     ap.add_argument("--ld-sigma", type=float, default=None,
                     help="diagnostic: the width of the fit's limb-darkening prior (default the fit's, 0.1)")
+    ap.add_argument("--gp-h-range", type=float, nargs=2, metavar=("LO", "HI"),
+                    help="the fit's prior range of the GP's red-to-white ratio (an instrument's own; default the fit's)")
+    ap.add_argument("--gp-tau-range", type=float, nargs=2, metavar=("LO", "HI"),
+                    help="the fit's prior range (min) of the GP's time scale (default the fit's)")
     ap.add_argument("--threads", type=int, default=2,
                     help="processes per fit (2: two MCMC ensembles, as the workflow's rule runs it)")
     ap.add_argument("--json", default=None, help="write the per-case rows here (one JSON object per line, as they end)")
     ap.add_argument("--report", default=None, help="only summarise the rows of an earlier --json file")
     args = ap.parse_args(argv)
+    gp_ranges = {k: v for k, v in (("gp_h_range", args.gp_h_range), ("gp_tau_range_min", args.gp_tau_range)) if v}
     if args.report:
         with open(args.report) as fh:
             report([json.loads(line) for line in fh if line.strip()])
@@ -324,7 +332,7 @@ def main(argv=None):
     out = open(args.json, "a") if args.json else None
     with Pool(args.jobs) as pool:
         for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population, args.threads, oracle,
-                                          args.b_prior, args.ld_sigma, args.red_max)
+                                          args.b_prior, args.ld_sigma, args.red_max, gp_ranges)
                                          for s in seeds]):
             rows.append(row)
             if out:

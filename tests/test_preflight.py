@@ -40,6 +40,15 @@ def _targets(track=1, n=4):
                                  "tracking_star": track}]}}
 
 
+def test_transit_prior_ranges():
+    good = {"transit": {"XO1-b": {"t0": 2460828.7, "gp_h_range": [0.05, 2], "gp_tau_range_min": [40, 5]}}}
+    assert preflight.transit_problems(good, "x") == []      # a range in either order
+    bad = {"transit": {"XO1-b": {"t0": 2460828.7, "gp_h_range": [0.5, 0.5]}}}
+    assert preflight.transit_problems(bad, "nights/ARCSAT_20250602.yaml") == [
+        "nights/ARCSAT_20250602.yaml: analysis_settings.transit.XO1-b.gp_h_range: [0.5, 0.5] is a single value, "
+        "not a range"]
+
+
 def test_tracking_star_index():
     assert preflight.targets_problems(_targets(track=3), "t.yaml") == []
     (problem,) = preflight.targets_problems(_targets(track=4), "t.yaml")

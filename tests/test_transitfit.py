@@ -172,6 +172,26 @@ def test_published_b_pins_the_mid_time_of_a_partial_transit():
     assert report_dict(known, dict(settings, b=0.0, b_err=0.05))["priors"]["b_gaussian"] == [0.0, 0.05]
 
 
+def test_gp_prior_ranges_are_the_users():
+    """``gp_h_range`` and ``gp_tau_range_min`` bound the GP's ratio and time scale (an instrument's
+    own range, from its past nights): every sample lies inside them, the report records them, and a
+    range that is not one is refused by name."""
+    t0 = 2460000.70
+    t, flux, err = _night(41, t0, sr=1e-3)        # red noise 0.5 of the white level, 15 min
+    settings = dict(t0=t0, period=3.0, duration=0.12, stellar_density=1.4, gp_h_range=[1.0, 0.2],
+                    gp_tau_range_min=[5, 40])
+    ld = dict(u1=0.3, u2=0.2, sigma=0.1)
+    res = fit_night(t, flux, err, settings, exptime_s=50.0, ld=ld)
+    gp = res["noise"]["gp"]
+    assert 0.2 <= gp["h"]["p2.5"] and gp["h"]["p97.5"] <= 1.0
+    assert 5.0 <= gp["tau_min"]["p2.5"] and gp["tau_min"]["p97.5"] <= 40.0
+    from bandersnake.transitfit.night import report_dict
+    prior = report_dict(res, settings)["priors"]["gp"]
+    assert prior["h"] == pytest.approx([0.2, 1.0]) and prior["tau_min"] == [pytest.approx([5.0, 40.0])]
+    with pytest.raises(ValueError, match="gp_h_range"):
+        fit_night(t, flux, err, dict(settings, gp_h_range=[0.5, 0.5]), exptime_s=50.0, ld=ld)
+
+
 @pytest.mark.parametrize("gaussian", [None, (0.1, 0.2), (-0.05, 0.05)])
 def test_b_prior_is_normalised_over_its_range(gaussian):
     """The prior density of b integrates to 1 over [0, 1 + k) for every k (else it would favour some

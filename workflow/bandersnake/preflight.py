@@ -91,6 +91,18 @@ def photometry_problems(phot, source):
     return out
 
 
+def transit_problems(analysis, source):
+    """The transit fits' prior ranges (``gp_h_range``, ``gp_tau_range_min``: two positive numbers,
+    kept by the schema) must not be a single value: an empty prior stops the fit."""
+    out = []
+    for target, entry in (analysis.get("transit") or {}).items():
+        for key in ("gp_h_range", "gp_tau_range_min"):
+            if key in entry and entry[key][0] == entry[key][1]:
+                out.append(f"{source}: analysis_settings.transit.{target}.{key}: {entry[key]} is a single value, "
+                           "not a range")
+    return out
+
+
 def _target_entries(targets):
     """``(name, label, entry)`` for every entry of every target of a validated targets.yaml."""
     for name, value in (targets.get("targets") or {}).items():
@@ -208,6 +220,7 @@ def check_workflow(config, defaults_source="night_defaults (config.yaml, --confi
         return problems
     defaults = bconfig.validate(copy.deepcopy(config["night_defaults"]), "night.schema.yaml", defaults_source)
     problems += photometry_problems(defaults["photometry_settings"], defaults_source)
+    problems += transit_problems(defaults["analysis_settings"], defaults_source)
     # targets.yaml
     targets_path = Path(config["targets_file"])
     targets = {}
@@ -247,6 +260,7 @@ def check_workflow(config, defaults_source="night_defaults (config.yaml, --confi
             # Only what the file itself brings: problems inherited from night_defaults are named once.
             inherited = {p.split(": ", 1)[1] for p in problems if p.startswith(defaults_source)}
             problems += [p for p in photometry_problems(merged["photometry_settings"], str(path))
+                         + transit_problems(merged["analysis_settings"], str(path))
                          + comparisons_problems(merged["analysis_settings"], targets, str(path),
                                                 date=path.stem.split("_")[-1])
                          if p.split(": ", 1)[1] not in inherited]

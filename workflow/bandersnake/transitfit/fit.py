@@ -19,7 +19,7 @@ import numpy as np
 
 from ..analysis.transit import box_search  # the start values of the old least-squares fit
 from .model import TransitModel, ingress_duration, stellar_density
-from .posterior import GP_LOG10_H, RP_RS_SQ_MAX, T14_MIN_D, NightData, Posterior, design_matrix
+from .posterior import RP_RS_SQ_MAX, T14_MIN_D, NightData, Posterior, design_matrix
 from .sampler import best_fit, run_mcmc, set_noise, summarize
 
 log = logging.getLogger("bandersnake.transitfit")
@@ -118,18 +118,21 @@ def best_gp_start(post, x_white):
 
     x = np.concatenate([x_white, np.zeros(2 * post.n_nights)])
     par = post.unpack(x)
+    h_lo, h_hi = post.gp_log10_h
     for i, night in enumerate(post.nights):
         tr = post.transit(par, i)
         lo, hi = night.info["gp"]["log_tau_range"]
 
         def neg(v, tr=tr, lo=lo, hi=hi, night=night):
             lh, lt = v
-            if not (GP_LOG10_H[0] <= lh <= GP_LOG10_H[1] and lo <= lt <= hi):
+            if not (h_lo <= lh <= h_hi and lo <= lt <= hi):
                 return 1e300
             sol = post.gp_solve(night, tr, 10.0 ** lh, 10.0 ** lt / 1440.0)
             return -(sol[0] + lh * math.log(10.0)) if sol is not None else 1e300
 
-        grid = [(lh, lt) for lh in (-1.0, -0.4, 0.0) for lt in np.linspace(lo + 0.1, hi - 0.1, 4)]
+        lhs = [v for v in (-1.0, -0.4, 0.0) if h_lo < v < h_hi] or np.linspace(h_lo, h_hi, 5)[1:4]
+        pad = min(0.1, (hi - lo) / 5)     # inside a user's narrow range too
+        grid = [(lh, lt) for lh in lhs for lt in np.linspace(lo + pad, hi - pad, 4)]
         v0 = min(grid, key=neg)
         res = minimize(neg, v0, method="Nelder-Mead", options=dict(maxiter=200, xatol=1e-3, fatol=1e-3))
         x[post.n_shape + 2 * i: post.n_shape + 2 * i + 2] = res.x if res.fun < neg(v0) else v0
@@ -235,7 +238,8 @@ def fit_transits(nights, starts, settings, ld):
     x_best, _ = best_fit(post, start_vectors(post, starts), threads=int(s.get("threads") or 1))
     set_noise(post, x_best, beta=noise != "white")
     if noise == "gp":
-        post = Posterior(nights, noise="gp", kernel=s.get("gp_kernel") or "matern32", **common)
+        post = Posterior(nights, noise="gp", kernel=s.get("gp_kernel") or "matern32", gp_h_range=s.get("gp_h_range"),
+                         gp_tau_range_min=s.get("gp_tau_range_min"), **common)
         x_best = best_gp_start(post, x_best)
     chain = run_mcmc(post, x_best, seed=int(s["seed"]), n_tau=float(s["n_tau"]), max_steps=int(s["max_steps"]),
                      threads=int(s.get("threads") or 1))
@@ -325,7 +329,16 @@ def fit_transits(nights, starts, settings, ld):
     chain["max_log_prob_vector"] = [float(v) for v in med]
     return {"parameters": params, "t0": t0_summ, "contacts": contacts, "samples": {**values, "t0": t0s}, "chain": chain,
             "noise": noise, "baseline": baseline, "best": best, "names": post.names, "density_prior": density,
-            "b_prior": b_prior, "ld": ld, "period": s.get("period")}
+            "b_prior": b_prior, "ld": ld, "period": s.get("period"), "gp_prior": gp_prior(post)}
+
+
+def gp_prior(post):
+    """The GP's prior ranges as the fit used them: ``h`` (uniform) and, per night, ``tau_min``
+    (log-uniform, minutes); None without the GP."""
+    if post.noise != "gp":
+        return None
+    return {"h": [10 ** v for v in post.gp_log10_h],
+            "tau_min": [[10 ** v for v in n.info["gp"]["log_tau_range"]] for n in post.nights]}
 
 
 def fit_night(t, flux, err, settings=None, regressors=None, exptime_s=None, ld=None, name="night"):

@@ -95,6 +95,7 @@ def report_dict(res, settings, night="", target="", aperture=None):
                      "stellar_density": list(res["density_prior"]) if res.get("density_prior") else None,
                      "limb_darkening": res["ld"], "b_fixed": b_fixed,
                      "b_gaussian": list(b_prior) if b_prior else None, "b_max": settings.get("b_max"),
+                     "gp": res.get("gp_prior"),
                      "baseline_order": int(settings.get("baseline_order", 1)), "detrend": detrend_names(settings)}
     rep["units"] = UNITS_NOTE
     return plain(rep)

@@ -31,10 +31,11 @@ the conditional Gaussian. This leaves only the transit parameters to the sampler
 Noise (``noise``): ``white`` and ``beta`` multiply the frame errors by a factor fixed at the best
 fit (the white scale, and for ``beta`` the red-noise factor of :mod:`.noise`); ``gp`` adds per
 night a Gaussian process (:mod:`.gp`: Matern-3/2 or exponential kernel, celerite2) whose
-red-to-white ratio h (uniform in [0.01, 5], sampled as ``gp_log10_h`` with the Jacobian: a
-posterior piled against h = 0 is a smooth bump in log h, which the ensemble moves mix 2x faster)
-and time scale ``gp_log10_tau_min`` (log10 of minutes, uniform between two frame intervals and the
-night's span) are sampled with the transit, the white scale being integrated out analytically.
+red-to-white ratio h (uniform in [0.01, 5] or the user's ``gp_h_range``, sampled as ``gp_log10_h``
+with the Jacobian: a posterior piled against h = 0 is a smooth bump in log h, which the ensemble
+moves mix 2x faster) and time scale ``gp_log10_tau_min`` (log10 of minutes, uniform between two
+frame intervals and the night's span, or ``gp_tau_range_min``) are sampled with the transit, the
+white scale being integrated out analytically.
 """
 
 import math
@@ -91,16 +92,28 @@ class NightData:
     noise_factor: float = 1.0
     info: dict = field(default_factory=dict)
 
-    def gp_setup(self):
+    def gp_setup(self, tau_range_min=None):
         """Arrays of the GP likelihood: times from the first frame, squared errors, reference error,
-        and the bounds (log10 min) of the time scale: two median frame intervals to the span."""
+        and the bounds (log10 min) of the time scale: ``tau_range_min`` (min), by default two median
+        frame intervals to the span."""
         t_gp = np.ascontiguousarray(self.t - self.t[0])
-        cadence = float(np.median(np.diff(self.t))) if len(self.t) > 1 else 1 / 1440
-        lo = math.log10(max(2 * cadence * 1440, 0.5))
-        hi = max(math.log10(max(np.ptp(self.t), 1e-6) * 1440), lo + 0.5)
+        if tau_range_min is not None:
+            lo, hi = (math.log10(v) for v in prior_range(tau_range_min, "gp_tau_range_min"))
+        else:
+            cadence = float(np.median(np.diff(self.t))) if len(self.t) > 1 else 1 / 1440
+            lo = math.log10(max(2 * cadence * 1440, 0.5))
+            hi = max(math.log10(max(np.ptp(self.t), 1e-6) * 1440), lo + 0.5)
         self.info["gp"] = dict(t=t_gp, err2=np.ascontiguousarray(self.err**2), err_ref=float(np.median(self.err)),
                                log_tau_range=(lo, hi))
         return self.info["gp"]
+
+
+def prior_range(values, name):
+    """``(lo, hi)`` of a user's prior range: two positive numbers in any order, not equal."""
+    lo, hi = sorted(float(v) for v in values)
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"{name}: {list(values)} is not a range of two different positive numbers")
+    return lo, hi
 
 
 def density_jacobian(rho, a_rs, k, b, t14, period):
@@ -178,10 +191,13 @@ class Posterior:
         ``u1``, ``u2``, ``sigma`` (0: fixed).
     density : (float, float) or None
         Mean stellar density and its 1-sigma (g/cm^3).
+    gp_h_range, gp_tau_range_min : (float, float) or None
+        The GP's prior ranges (``noise="gp"``): the red-to-white ratio h (uniform; default 0.01-5)
+        and the time scale in minutes (log-uniform; default two frame intervals to the night's span).
     """
 
     def __init__(self, nights, period=None, b_fixed=None, b_max=None, ld=None, density=None, noise="beta",
-                 kernel="matern32", b_prior=None):
+                 kernel="matern32", b_prior=None, gp_h_range=None, gp_tau_range_min=None):
         if noise not in NOISE_MODELS:
             raise ValueError(f"unknown noise model {noise!r}; choose from {list(NOISE_MODELS)}")
         self.noise = noise
@@ -200,9 +216,11 @@ class Posterior:
         self.names += ["u1", "u2"] if self.fit_ld else []
         self.n_nights = len(self.nights)
         self.n_shape = len(self.names)
+        self.gp_log10_h = GP_LOG10_H if gp_h_range is None else tuple(
+            math.log10(v) for v in prior_range(gp_h_range, "gp_h_range"))
         if noise == "gp":
             for night in self.nights:
-                night.gp_setup()
+                night.gp_setup(gp_tau_range_min)
                 night.noise_factor = 1.0
                 sfx = "" if self.n_nights == 1 else f"_{night.name}"
                 self.names += [f"gp_log10_h{sfx}", f"gp_log10_tau_min{sfx}"]
@@ -287,7 +305,7 @@ class Posterior:
             for (h, tau), night in zip(par["gp"], self.nights):
                 lo, hi = night.info["gp"]["log_tau_range"]
                 lh = math.log10(h)
-                if not (GP_LOG10_H[0] <= lh <= GP_LOG10_H[1] and lo <= math.log10(tau * 1440) <= hi):
+                if not (self.gp_log10_h[0] <= lh <= self.gp_log10_h[1] and lo <= math.log10(tau * 1440) <= hi):
                     return -np.inf
                 lp += lh * math.log(10.0)     # uniform in h: density h ln 10 in log10 h
         return lp
@@ -446,7 +464,7 @@ class Posterior:
             g = x[:, self.n_shape:].reshape(w, n, 2)
             for i, night in enumerate(self.nights):
                 lo, hi = night.info["gp"]["log_tau_range"]
-                ok &= (g[:, i, 0] >= GP_LOG10_H[0]) & (g[:, i, 0] <= GP_LOG10_H[1]) & (g[:, i, 1] >= lo) \
+                ok &= (g[:, i, 0] >= self.gp_log10_h[0]) & (g[:, i, 0] <= self.gp_log10_h[1]) & (g[:, i, 1] >= lo) \
                     & (g[:, i, 1] <= hi)
                 lp += g[:, i, 0] * math.log(10.0)
         out = np.full(w, -np.inf)
