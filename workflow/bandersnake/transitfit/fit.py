@@ -337,10 +337,7 @@ def gp_prior(post):
     (log-uniform, minutes); None without the GP."""
     if post.noise != "gp":
         return None
-    def undo_log(values):   # 12 digits: a range given as 120 reads 120, not 119.99999999999996
-        return [float(f"{10 ** v:.12g}") for v in values]
-
-    return {"h": undo_log(post.gp_log10_h), "tau_min": [undo_log(n.info["gp"]["log_tau_range"]) for n in post.nights]}
+    return {"h": list(post.gp_h_range), "tau_min": [list(n.info["gp"]["tau_range_min"]) for n in post.nights]}
 
 
 def fit_night(t, flux, err, settings=None, regressors=None, exptime_s=None, ld=None, name="night"):

@@ -98,13 +98,15 @@ class NightData:
         frame intervals to the span."""
         t_gp = np.ascontiguousarray(self.t - self.t[0])
         if tau_range_min is not None:
-            lo, hi = (math.log10(v) for v in prior_range(tau_range_min, "gp_tau_range_min"))
+            tau_range_min = prior_range(tau_range_min, "gp_tau_range_min")
+            lo, hi = (math.log10(v) for v in tau_range_min)
         else:
             cadence = float(np.median(np.diff(self.t))) if len(self.t) > 1 else 1 / 1440
             lo = math.log10(max(2 * cadence * 1440, 0.5))
             hi = max(math.log10(max(np.ptp(self.t), 1e-6) * 1440), lo + 0.5)
+            tau_range_min = (10**lo, 10**hi)
         self.info["gp"] = dict(t=t_gp, err2=np.ascontiguousarray(self.err**2), err_ref=float(np.median(self.err)),
-                               log_tau_range=(lo, hi))
+                               log_tau_range=(lo, hi), tau_range_min=tau_range_min)
         return self.info["gp"]
 
 
@@ -216,8 +218,10 @@ class Posterior:
         self.names += ["u1", "u2"] if self.fit_ld else []
         self.n_nights = len(self.nights)
         self.n_shape = len(self.names)
-        self.gp_log10_h = GP_LOG10_H if gp_h_range is None else tuple(
-            math.log10(v) for v in prior_range(gp_h_range, "gp_h_range"))
+        # the ratio's range as given (reported) and in log10 (sampled)
+        self.gp_h_range = ((10 ** GP_LOG10_H[0], GP_H_MAX) if gp_h_range is None
+                           else prior_range(gp_h_range, "gp_h_range"))
+        self.gp_log10_h = GP_LOG10_H if gp_h_range is None else tuple(math.log10(v) for v in self.gp_h_range)
         if noise == "gp":
             for night in self.nights:
                 night.gp_setup(gp_tau_range_min)
