@@ -17,7 +17,8 @@ rp_rs_sq, the fraction of cases whose truth lies in the 68 % (16-84) and 95 % (2
 ``--b-prior 0.1``: the fit also gets a published impact parameter (the truth plus a 0.1 error, as
 ``b``/``b_err``), as for a known planet.
 ``--gp-h-range``, ``--gp-tau-range``: the fit's GP prior ranges (``gp_h_range``,
-``gp_tau_range_min``), as an instrument's own would be set.
+``gp_tau_range_min``), as an instrument's own would be set; ``--gp-h-prior uniform``: the ratio's
+prior flat in its range (the fit's default until Dec 2026; now half-Cauchy).
 
 Diagnostics: ``--b 0`` (a fixed true b), ``--only partial`` (only nights seeing part of the transit),
 ``--oracle gp,b,ld,density`` (the fit given the truth of those nuisances: which one a shortfall
@@ -37,7 +38,7 @@ from bandersnake.sim.lightcurve import simulate_transit_lc
 from bandersnake.transitfit.fit import fit_night
 from bandersnake.transitfit.limbdark import table_coefficients
 from bandersnake.transitfit.model import a_rs_from_density, duration_from_orbit
-from bandersnake.transitfit.posterior import GP_LOG10_H, Posterior
+from bandersnake.transitfit.posterior import GP_H_PRIORS, GP_LOG10_H, Posterior
 
 
 RED_MAX = 1.0   # the red noise's largest ratio to the white level (see the module's docstring)
@@ -144,7 +145,7 @@ def _fit_holding_gp(*args, **kwargs):
 
 
 def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_population=False, threads=1, oracle=(),
-             b_prior=None, ld_sigma=None, red_max=RED_MAX, gp_ranges=None):
+             b_prior=None, ld_sigma=None, red_max=RED_MAX, gp_settings=None):
     t, flux, err, settings, ld, truth = draw_case(seed, b, red, red_max=red_max)
     settings["threads"] = threads
     if b_prior:   # a published b of that 1-sigma: the truth plus its error (so possibly < 0)
@@ -158,7 +159,7 @@ def run_case(seed, b=None, red=True, noise=None, kernel=None, prior_as_populatio
         ld["sigma"] = ld_sigma
     if noise:
         settings["noise"] = noise
-    settings.update(gp_ranges or {})
+    settings.update(gp_settings or {})
     if kernel and "gp" not in oracle:
         settings["gp_kernel"] = kernel
     t1 = time.process_time()
@@ -305,12 +306,15 @@ def main(argv=None):
                     help="the fit's prior range of the GP's red-to-white ratio (an instrument's own; default the fit's)")
     ap.add_argument("--gp-tau-range", type=float, nargs=2, metavar=("LO", "HI"),
                     help="the fit's prior range (min) of the GP's time scale (default the fit's)")
+    ap.add_argument("--gp-h-prior", choices=GP_H_PRIORS, default=None,
+                    help="the shape of the fit's prior of the GP's ratio (default the fit's, half_cauchy)")
     ap.add_argument("--threads", type=int, default=2,
                     help="processes per fit (2: two MCMC ensembles, as the workflow's rule runs it)")
     ap.add_argument("--json", default=None, help="write the per-case rows here (one JSON object per line, as they end)")
     ap.add_argument("--report", default=None, help="only summarise the rows of an earlier --json file")
     args = ap.parse_args(argv)
-    gp_ranges = {k: v for k, v in (("gp_h_range", args.gp_h_range), ("gp_tau_range_min", args.gp_tau_range)) if v}
+    gp_settings = {k: v for k, v in (("gp_h_range", args.gp_h_range), ("gp_tau_range_min", args.gp_tau_range),
+                                   ("gp_h_prior", args.gp_h_prior)) if v}
     if args.report:
         with open(args.report) as fh:
             report([json.loads(line) for line in fh if line.strip()])
@@ -332,7 +336,7 @@ def main(argv=None):
     out = open(args.json, "a") if args.json else None
     with Pool(args.jobs) as pool:
         for row in pool.imap_unordered(_run, [(s, args.b, not args.no_red, args.noise, args.kernel, args.prior_as_population, args.threads, oracle,
-                                          args.b_prior, args.ld_sigma, args.red_max, gp_ranges)
+                                          args.b_prior, args.ld_sigma, args.red_max, gp_settings)
                                          for s in seeds]):
             rows.append(row)
             if out:

@@ -188,8 +188,34 @@ def test_gp_prior_ranges_are_the_users():
     from bandersnake.transitfit.night import report_dict
     prior = report_dict(res, settings)["priors"]["gp"]
     assert prior["h"] == [0.2, 1.0] and prior["tau_min"] == [[5.0, 40.0]]     # as given, not via log10
+    assert prior["h_prior"] == "half_cauchy"                                    # the default shape
     with pytest.raises(ValueError, match="gp_h_range"):
         fit_night(t, flux, err, dict(settings, gp_h_range=[0.5, 0.5]), exptime_s=50.0, ld=ld)
+
+
+@pytest.mark.parametrize("shape", ["half_cauchy", "uniform"])
+def test_gp_ratio_prior_has_its_shape(shape):
+    """The GP's ratio h is sampled as log10 h; the prior density there, times dlog10 h, must be the
+    stated density in h: its cumulative over the range (trapezoid sums on 20001 points, good to
+    1e-6) equals the half-Cauchy's (arctan h, scale 1) or the uniform's, truncated to the range."""
+    from bandersnake.transitfit.fit import prepare_night
+    from bandersnake.transitfit.posterior import Posterior
+
+    t0 = 2460000.70
+    t, flux, err = _night(21, t0, sr=5e-4)
+    night, _ = prepare_night("n", t, flux, err, dict(t0=t0, period=3.0, duration=0.12), None, 50.0)
+    lo, hi = 0.05, 3.0
+    post = Posterior([night], period=3.0, noise="gp", gp_h_range=[lo, hi], gp_h_prior=shape)
+    lh = np.linspace(math.log10(lo), math.log10(hi), 20001)
+    dens = np.exp(post.log_gp_h_prior(lh))
+    cdf = np.concatenate([[0.0], np.cumsum(0.5 * (dens[1:] + dens[:-1]) * np.diff(lh))])
+    cdf /= cdf[-1]
+    h = 10.0**lh
+    expect = (np.arctan(h) - np.arctan(lo)) / (np.arctan(hi) - np.arctan(lo)) if shape == "half_cauchy" \
+        else (h - lo) / (hi - lo)
+    np.testing.assert_allclose(cdf, expect, atol=1e-6)
+    with pytest.raises(ValueError, match="gp_h_prior"):
+        Posterior([night], period=3.0, noise="gp", gp_h_prior="log_uniform")
 
 
 @pytest.mark.parametrize("gaussian", [None, (0.1, 0.2), (-0.05, 0.05)])

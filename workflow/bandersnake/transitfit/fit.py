@@ -25,7 +25,7 @@ from .sampler import best_fit, run_mcmc, set_noise, summarize
 log = logging.getLogger("bandersnake.transitfit")
 
 DEFAULTS = dict(b_max=None, baseline_order=1, detrend=[], supersample_s=None, n_tau=25, max_steps=20000,
-                seed=0, ld_sigma=None, noise="gp", gp_kernel="matern32", threads=1)
+                seed=0, ld_sigma=None, noise="gp", gp_kernel="matern32", gp_h_prior="half_cauchy", threads=1)
 
 
 def prepare_night(name, t, flux, err, settings, regressors=None, exptime_s=None):
@@ -128,7 +128,7 @@ def best_gp_start(post, x_white):
             if not (h_lo <= lh <= h_hi and lo <= lt <= hi):
                 return 1e300
             sol = post.gp_solve(night, tr, 10.0 ** lh, 10.0 ** lt / 1440.0)
-            return -(sol[0] + lh * math.log(10.0)) if sol is not None else 1e300
+            return -(sol[0] + float(post.log_gp_h_prior(lh))) if sol is not None else 1e300
 
         lhs = [v for v in (-1.0, -0.4, 0.0) if h_lo < v < h_hi] or np.linspace(h_lo, h_hi, 5)[1:4]
         pad = min(0.1, (hi - lo) / 5)     # inside a user's narrow range too
@@ -239,7 +239,7 @@ def fit_transits(nights, starts, settings, ld):
     set_noise(post, x_best, beta=noise != "white")
     if noise == "gp":
         post = Posterior(nights, noise="gp", kernel=s.get("gp_kernel") or "matern32", gp_h_range=s.get("gp_h_range"),
-                         gp_tau_range_min=s.get("gp_tau_range_min"), **common)
+                         gp_tau_range_min=s.get("gp_tau_range_min"), gp_h_prior=s["gp_h_prior"], **common)
         x_best = best_gp_start(post, x_best)
     chain = run_mcmc(post, x_best, seed=int(s["seed"]), n_tau=float(s["n_tau"]), max_steps=int(s["max_steps"]),
                      threads=int(s.get("threads") or 1))
@@ -333,11 +333,12 @@ def fit_transits(nights, starts, settings, ld):
 
 
 def gp_prior(post):
-    """The GP's prior ranges as the fit used them: ``h`` (uniform) and, per night, ``tau_min``
-    (log-uniform, minutes); None without the GP."""
+    """The GP's priors as the fit used them: ``h`` (range), ``h_prior`` (its shape: half_cauchy of
+    scale 1 or uniform) and, per night, ``tau_min`` (log-uniform, minutes); None without the GP."""
     if post.noise != "gp":
         return None
-    return {"h": list(post.gp_h_range), "tau_min": [list(n.info["gp"]["tau_range_min"]) for n in post.nights]}
+    return {"h": list(post.gp_h_range), "h_prior": post.gp_h_prior,
+            "tau_min": [list(n.info["gp"]["tau_range_min"]) for n in post.nights]}
 
 
 def fit_night(t, flux, err, settings=None, regressors=None, exptime_s=None, ld=None, name="night"):

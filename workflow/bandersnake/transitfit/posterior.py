@@ -31,9 +31,10 @@ the conditional Gaussian. This leaves only the transit parameters to the sampler
 Noise (``noise``): ``white`` and ``beta`` multiply the frame errors by a factor fixed at the best
 fit (the white scale, and for ``beta`` the red-noise factor of :mod:`.noise`); ``gp`` adds per
 night a Gaussian process (:mod:`.gp`: Matern-3/2 or exponential kernel, celerite2) whose
-red-to-white ratio h (uniform in [0.01, 5] or the user's ``gp_h_range``, sampled as ``gp_log10_h``
-with the Jacobian: a posterior piled against h = 0 is a smooth bump in log h, which the ensemble
-moves mix 2x faster) and time scale ``gp_log10_tau_min`` (log10 of minutes, uniform between two
+red-to-white ratio h (half-Cauchy of scale 1, the white level, in [0.01, 5] or the user's
+``gp_h_range``; ``gp_h_prior="uniform"`` for flat; sampled as ``gp_log10_h`` with the Jacobian: a
+posterior piled against h = 0 is a smooth bump in log h, which the ensemble moves mix 2x faster) and
+time scale ``gp_log10_tau_min`` (log10 of minutes, uniform between two
 frame intervals and the night's span, or ``gp_tau_range_min``) are sampled with the transit, the
 white scale being integrated out analytically.
 """
@@ -52,9 +53,14 @@ RP_RS_SQ_MAX = 0.25
 RHO_RANGE = (0.01, 100.0)     # g/cm^3: from giants to late M dwarfs
 NOISE_MODELS = ("gp", "beta", "white")
 # Red noise up to 5 times the white level: beyond any night worth fitting, and a bound far from
-# the ratios light curves show (0-1), so the uniform prior does not push the ratio down.
+# the ratios light curves show (0-1), so the prior does not push the ratio down.
 GP_H_MAX = 5.0
 GP_LOG10_H = (-2.0, math.log10(GP_H_MAX))   # h below 0.01: no red noise worth the name
+# The ratio's prior: half-Cauchy of scale 1 (Gelman 2006's weakly informative prior for a scale:
+# flat near 0, half its mass above the white level), or uniform in the range. Uniform in 0.01-5
+# puts 80 % of its mass above the white level, and a night that cannot measure its red noise well
+# then widens its depth's 95 % interval (BENCHMARKS.md, issue 19).
+GP_H_PRIORS = ("half_cauchy", "uniform")
 
 
 @dataclass
@@ -194,12 +200,14 @@ class Posterior:
     density : (float, float) or None
         Mean stellar density and its 1-sigma (g/cm^3).
     gp_h_range, gp_tau_range_min : (float, float) or None
-        The GP's prior ranges (``noise="gp"``): the red-to-white ratio h (uniform; default 0.01-5)
-        and the time scale in minutes (log-uniform; default two frame intervals to the night's span).
+        The GP's prior ranges (``noise="gp"``): the red-to-white ratio h (default 0.01-5) and the
+        time scale in minutes (log-uniform; default two frame intervals to the night's span).
+    gp_h_prior : {"half_cauchy", "uniform"}
+        The ratio's prior inside its range: half-Cauchy of scale 1 (the white level) or uniform.
     """
 
     def __init__(self, nights, period=None, b_fixed=None, b_max=None, ld=None, density=None, noise="beta",
-                 kernel="matern32", b_prior=None, gp_h_range=None, gp_tau_range_min=None):
+                 kernel="matern32", b_prior=None, gp_h_range=None, gp_tau_range_min=None, gp_h_prior="half_cauchy"):
         if noise not in NOISE_MODELS:
             raise ValueError(f"unknown noise model {noise!r}; choose from {list(NOISE_MODELS)}")
         self.noise = noise
@@ -222,6 +230,9 @@ class Posterior:
         self.gp_h_range = ((10 ** GP_LOG10_H[0], GP_H_MAX) if gp_h_range is None
                            else prior_range(gp_h_range, "gp_h_range"))
         self.gp_log10_h = GP_LOG10_H if gp_h_range is None else tuple(math.log10(v) for v in self.gp_h_range)
+        if gp_h_prior not in GP_H_PRIORS:
+            raise ValueError(f"unknown gp_h_prior {gp_h_prior!r}; choose from {list(GP_H_PRIORS)}")
+        self.gp_h_prior = gp_h_prior
         if noise == "gp":
             for night in self.nights:
                 night.gp_setup(gp_tau_range_min)
@@ -311,7 +322,16 @@ class Posterior:
                 lh = math.log10(h)
                 if not (self.gp_log10_h[0] <= lh <= self.gp_log10_h[1] and lo <= math.log10(tau * 1440) <= hi):
                     return -np.inf
-                lp += lh * math.log(10.0)     # uniform in h: density h ln 10 in log10 h
+                lp += float(self.log_gp_h_prior(lh))
+        return lp
+
+    def log_gp_h_prior(self, log10_h):
+        """Log prior density (unnormalised) of the GP's ratio in the sampled coordinate log10 h:
+        the density in h (half-Cauchy of scale 1, or uniform) times the Jacobian h ln 10."""
+        lh = np.asarray(log10_h, float)
+        lp = lh * math.log(10.0)
+        if self.gp_h_prior == "half_cauchy":
+            lp = lp - np.log1p(10.0 ** (2 * lh))
         return lp
 
     # ------------------------------------------------------------------ likelihood
@@ -470,7 +490,7 @@ class Posterior:
                 lo, hi = night.info["gp"]["log_tau_range"]
                 ok &= (g[:, i, 0] >= self.gp_log10_h[0]) & (g[:, i, 0] <= self.gp_log10_h[1]) & (g[:, i, 1] >= lo) \
                     & (g[:, i, 1] <= hi)
-                lp += g[:, i, 0] * math.log(10.0)
+                lp += self.log_gp_h_prior(g[:, i, 0])
         out = np.full(w, -np.inf)
         idx = np.flatnonzero(ok)
         if not len(idx):

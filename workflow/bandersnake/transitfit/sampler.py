@@ -402,7 +402,9 @@ def run_mcmc(post, x_best, seed=0, n_walkers=None, n_tau=25, tau_rtol=0.3, block
                 e.wait()
             done += k
             chains = [e.chain() for e in ens]
-            tau_all = integrated_time(np.concatenate([c[0] for c in chains], axis=1), tol=0)
+            # a walker that has not moved yet makes tau NaN (0/0 in emcee's ACF): checked below
+            with np.errstate(invalid="ignore"):
+                tau_all = integrated_time(np.concatenate([c[0] for c in chains], axis=1), tol=0)
             tau = tau_all[:watch]
             if np.all(np.isfinite(tau)) and np.all(done > length * tau):
                 # the estimate of tau no longer grows (a short chain underestimates it: on the bench
