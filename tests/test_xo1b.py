@@ -92,10 +92,10 @@ def test_transit_fit_places_ingress(xo1):
     Figures of the reference run: see the issue 19 notes (BENCHMARKS.md)."""
     fit = yaml.safe_load((xo1["base"] / "transit" / "transit_fit.yaml").read_text())
     assert fit["success"], fit["message"]
-    # reference run (GP noise model, BENCHMARKS.md issue 19): T0 2460828.72733 +0.00525 -0.00385,
-    # T14 3.16 h, rp_rs_sq 46.0 +24.3 -18.5 ppt (95 %: 16.2-103 ppt), b 0.27 +0.18 -0.17, red noise
-    # 3.7 ppt on 9 min; first contact at 2460828.6615 (beta model: T0 2460828.72558, 95 % of rp_rs_sq
-    # 11.2-96.1 ppt)
+    # reference run (GP noise model, half-Cauchy ratio prior, BENCHMARKS.md issue 19): T0 2460828.72659
+    # +0.00530 -0.00387, T14 3.16 h, rp_rs_sq 45.7 +26.7 -19.1 ppt (95 %: 15.0-101.6 ppt), b 0.27
+    # +0.19 -0.19, red noise 3.3 ppt on 8 min; first contact at 2460828.6618 (beta model, older
+    # sampler: T0 2460828.72558, 95 % of rp_rs_sq 11.2-96.1 ppt)
     ingress_start = fit["t0"]["median"] - fit["t14"]["median"] / 2
     assert 2460828.64 < ingress_start < 2460828.70, ingress_start
     assert 2460828.70 < fit["t0"]["median"] < 2460828.80

@@ -34,9 +34,9 @@ night a Gaussian process (:mod:`.gp`: Matern-3/2 or exponential kernel, celerite
 red-to-white ratio h (half-Cauchy of scale 1, the white level, in [0.01, 5] or the user's
 ``gp_h_range``; ``gp_h_prior="uniform"`` for flat; sampled as ``gp_log10_h`` with the Jacobian: a
 posterior piled against h = 0 is a smooth bump in log h, which the ensemble moves mix 2x faster) and
-time scale ``gp_log10_tau_min`` (log10 of minutes, uniform between two
-frame intervals and the night's span, or ``gp_tau_range_min``) are sampled with the transit, the
-white scale being integrated out analytically.
+time scale ``gp_log10_tau_min`` (log10 of minutes, uniform between two frame intervals and the
+night's span, or ``gp_tau_range_min``) are sampled with the transit, the white scale being
+integrated out analytically.
 """
 
 import math
