@@ -229,7 +229,7 @@ class Posterior:
         # the ratio's range as given (reported) and in log10 (sampled)
         self.gp_h_range = ((10 ** GP_LOG10_H[0], GP_H_MAX) if gp_h_range is None
                            else prior_range(gp_h_range, "gp_h_range"))
-        self.gp_log10_h = GP_LOG10_H if gp_h_range is None else tuple(math.log10(v) for v in self.gp_h_range)
+        self.gp_log10_h = tuple(math.log10(v) for v in self.gp_h_range)
         if gp_h_prior not in GP_H_PRIORS:
             raise ValueError(f"unknown gp_h_prior {gp_h_prior!r}; choose from {list(GP_H_PRIORS)}")
         self.gp_h_prior = gp_h_prior
